@@ -1,0 +1,30 @@
+# emseg: membrane segmentation of EM slices with deep convolutional networks.
+#
+#   download -> import -> split -> normalize -> mirror-pad -> augment (one shard per slice)
+#   -> train -> predict (overlap-tile) -> score (V_rand, V_info) -> report
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: "config.yaml"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/data.smk"
+include: "workflow/rules/preprocess.smk"
+include: "workflow/rules/augment.smk"
+include: "workflow/rules/train.smk"
+include: "workflow/rules/predict.smk"
+
+
+localrules:
+    all,
+    split_slices,
+    isbi_submission,
+
+
+rule all:
+    default_target: True
+    input:
+        final_targets(),

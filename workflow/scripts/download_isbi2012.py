@@ -1,0 +1,25 @@
+"""Rule download_isbi2012: fetch (or copy from a mirror) and verify the ISBI 2012 slices."""
+
+from pathlib import Path
+from typing import Any
+
+from emseg.download import fetch_dataset, read_manifest
+from emseg.io import write_json
+from emseg.runner import LOG, run_rule
+
+
+def main(snakemake: Any) -> None:
+    manifest = read_manifest(Path(snakemake.input.manifest))
+    folder = Path(snakemake.params.folder)
+    mirror = Path(snakemake.params.mirror) if snakemake.params.mirror else None
+    base_url = None if mirror else snakemake.params.base_url
+    LOG.info("fetching %d files from %s", len(manifest), mirror or base_url)
+    fetch_dataset(manifest, folder, base_url=base_url, mirror=mirror)
+    write_json(
+        snakemake.output.record,
+        {"origin": str(mirror or base_url), "folder": str(folder), "files": manifest},
+    )
+
+
+if "snakemake" in globals():
+    run_rule(main, snakemake)  # noqa: F821

@@ -1,0 +1,31 @@
+"""Atomic, resumable checkpoints that load without unpickling arbitrary objects.
+
+A checkpoint holds everything a killed training job needs to continue as if it never stopped: the
+model, optimiser, scheduler and gradient-scaler states, the step, the torch random states and the
+log so far. It is written to a temporary name and renamed, so a kill mid-write leaves the previous
+checkpoint intact, and it is read with `torch.load(weights_only=True)`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from emseg.io import InputError, atomic_path
+
+
+def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    """Load a checkpoint saved by `save_checkpoint`; a damaged file raises InputError naming it."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises several types for truncated or foreign files
+        raise InputError(
+            f"{path}: cannot load checkpoint ({type(error).__name__}: {error}); delete it to start over"
+        ) from error

@@ -1,0 +1,175 @@
+"""Checks of the workflow configuration that a JSON schema cannot express, and derived settings.
+
+The schema (workflow/schemas/config.schema.yaml) rejects unknown keys and wrong types; the checks
+here look at values together (a tile size the network cannot use, more held-out slices than exist,
+a missing input path) so that a bad config stops the run before any job, naming the key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+from emseg.io import InputError, count_slices
+from emseg.models.geometry import geometry_for, parse_spec
+
+ISBI_SLICES = 30
+MIRROR_ENV = "EMSEG_ISBI_MIRROR"
+
+
+class ConfigError(ValueError):
+    """A config value is wrong; the message starts with the key."""
+
+
+def check_config(config: Mapping[str, Any]) -> None:
+    """Raise ConfigError naming the first key whose value cannot work."""
+    data = config["data"]
+    if data["source"] == "files":
+        for key in ("train_images", "train_labels"):
+            _require_path(f"data.{key}", data.get(key, ""))
+        if data.get("test_images"):
+            _require_path("data.test_images", data["test_images"])
+    if data["source"] == "isbi2012":
+        mirror = isbi_mirror(config)
+        if mirror is not None and not mirror.is_dir():
+            origin = "" if data.get("mirror") else f" (from ${MIRROR_ENV})"
+            raise ConfigError(f"data.mirror: folder {mirror}{origin} does not exist")
+    pre = config["preprocess"]
+    if pre["lower_percentile"] >= pre["upper_percentile"]:
+        raise ConfigError("preprocess.lower_percentile must be below preprocess.upper_percentile")
+    validation_slices(config)
+    _check_tile("train.tile_size", config["train"]["tile_size"], config["model"])
+    _check_tile("predict.tile_size", config["predict"]["tile_size"], config["model"])
+
+
+def coerce_to_schema(config: dict[str, Any], schema_path: Path) -> None:
+    """Turn numeric and boolean strings into numbers and booleans where the schema expects them.
+
+    `snakemake --config train='{lr: 1e-3}'` and YAML's own rules (1e-3 without a dot is a string)
+    hand over strings; converting them where the schema is sure of the type saves users a puzzle.
+    """
+    schema = yaml.safe_load(schema_path.read_text())
+    _coerce(config, schema, schema.get("definitions", {}))
+
+
+def _coerce(
+    node: dict[str, Any], schema: Mapping[str, Any], definitions: Mapping[str, Any]
+) -> None:
+    properties = schema.get("properties", {})
+    for key, value in node.items():
+        sub = properties.get(key)
+        if sub is None:
+            continue
+        if "$ref" in sub:
+            sub = definitions.get(sub["$ref"].rsplit("/", 1)[-1], {})
+        if isinstance(value, dict):
+            _coerce(value, sub, definitions)
+        elif isinstance(value, str):
+            node[key] = _convert(value, sub.get("type"))
+
+
+def _convert(value: str, kind: Any) -> Any:
+    text = value.strip()
+    if kind == "integer" and text.lstrip("+-").isdigit():
+        return int(text)
+    if kind == "number":
+        try:
+            number = float(text)
+        except ValueError:
+            return value
+        return number if math.isfinite(number) else value  # "nan" would pass every bound check
+    if kind == "boolean" and text.lower() in ("true", "false"):
+        return text.lower() == "true"
+    return value
+
+
+def describe_schema_error(config: Mapping[str, Any], schema_path: Path) -> str:
+    """One line naming the config key that breaks the schema, not a dump of the whole config."""
+    schema = yaml.safe_load(schema_path.read_text())
+    errors = jsonschema.Draft202012Validator(schema).iter_errors(config)
+    error = jsonschema.exceptions.best_match(errors)
+    if error is None:
+        return "config does not match workflow/schemas/config.schema.yaml"
+    key = ".".join(str(part) for part in error.absolute_path) or "(top level)"
+    return f"config key {key}: {error.message}"
+
+
+def isbi_mirror(config: Mapping[str, Any]) -> Path | None:
+    """The local ISBI mirror folder: config `data.mirror`, else $EMSEG_ISBI_MIRROR, else None."""
+    mirror = config["data"].get("mirror") or os.environ.get(MIRROR_ENV, "")
+    return Path(mirror).expanduser() if mirror else None
+
+
+def labelled_slice_count(config: Mapping[str, Any]) -> int:
+    """How many labelled slices the source brings (read from the file header for `files`)."""
+    data = config["data"]
+    if data["source"] == "isbi2012":
+        return ISBI_SLICES
+    if data["source"] == "synthetic":
+        return int(data["synthetic"]["slices"])
+    return _count_slices(Path(data["train_labels"]))
+
+
+def validation_slices(config: Mapping[str, Any]) -> list[int]:
+    """The held-out slice indices: `split.val_slices` if given, else the last `split.val_count`."""
+    total = labelled_slice_count(config)
+    split = config["split"]
+    chosen = sorted(split.get("val_slices") or [])
+    if chosen:
+        if chosen[-1] >= total:
+            raise ConfigError(
+                f"split.val_slices: slice {chosen[-1]} does not exist ({total} slices)"
+            )
+    else:
+        count = int(split.get("val_count", 1))
+        if count >= total:
+            raise ConfigError(f"split.val_count: {count} leaves no training slice ({total} slices)")
+        chosen = list(range(total - count, total))
+    if len(chosen) >= total:
+        raise ConfigError(
+            f"split.val_slices: holding out all {total} slices leaves none to train on"
+        )
+    return chosen
+
+
+def config_hash(*sections: Any) -> str:
+    """A short stable hash of config sections, recorded with results to say what produced them."""
+    blob = json.dumps(sections, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:12]
+
+
+def _require_path(key: str, value: str) -> None:
+    if not value:
+        raise ConfigError(f"{key}: required when data.source is 'files'")
+    if not Path(value).expanduser().exists():
+        raise ConfigError(f"{key}: {value} does not exist")
+
+
+def _count_slices(path: Path) -> int:
+    try:
+        return count_slices(path.expanduser())
+    except InputError as error:
+        raise ConfigError(f"data.train_labels: {error}") from error
+
+
+def _check_tile(key: str, size: int, model: Mapping[str, Any]) -> None:
+    try:
+        spec = parse_spec(model)
+        geometry = geometry_for(model)
+    except ValueError as error:
+        raise ConfigError(f"model: {error}") from error
+    if not geometry.is_valid(size):
+        below, above = geometry.nearest_valid_sizes(size)
+        nearest = f"{below} or {above}" if below else str(above)
+        raise ConfigError(
+            f"{key}: {size} is not a valid input size for {spec.arch} "
+            f"(padding {spec.padding}, depth {spec.depth}); use {nearest}"
+        )

@@ -1,0 +1,54 @@
+"""Rule predict: membrane probability (float32) and binary mask stacks for one subset."""
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from emseg.checkpoint import load_checkpoint
+from emseg.io import read_stack, write_stack
+from emseg.models import build_model
+from emseg.runner import LOG, run_rule
+from emseg.tiling import TileOptions, predict_slice
+from emseg.training import select_device
+
+
+def main(snakemake: Any) -> None:
+    spec = snakemake.params.predict
+    device = select_device(spec["device"])
+    if device.type == "cpu":
+        torch.set_num_threads(max(1, snakemake.threads))
+    state = load_checkpoint(Path(snakemake.input.model))
+    model = build_model(state["model_spec"])
+    model.load_state_dict(state["model"])
+    model.to(device)
+    options = TileOptions(
+        tile_size=int(spec["tile_size"]),
+        batch_size=int(spec["batch_size"]),
+        overlap=float(spec["overlap"]),
+        tta=bool(spec["tta"]),
+        amp=device.type == "cuda",
+    )
+    padded = read_stack(snakemake.input.images).astype(np.float32)
+    LOG.info(
+        "predicting %d slices of %s on %s (tta %s)",
+        len(padded),
+        padded.shape[1:],
+        device,
+        options.tta,
+    )
+    probs = np.stack(
+        [
+            predict_slice(model, slice_, options, device)
+            for slice_ in tqdm(padded, desc=f"predict {snakemake.wildcards.subset}", unit="slice")
+        ]
+    )
+    write_stack(snakemake.output.prob, probs.astype(np.float32))
+    write_stack(snakemake.output.mask, (probs >= float(spec["threshold"])).astype(np.uint8) * 255)
+    LOG.info("wrote %s %s", snakemake.output.prob, probs.shape)
+
+
+if "snakemake" in globals():
+    run_rule(main, snakemake)  # noqa: F821
