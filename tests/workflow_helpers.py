@@ -68,13 +68,15 @@ def snakemake(
         str(folder),
         "--cores",
         "2",
+        *args,  # targets and flags first: everything after --configfile is a config file
+        "--configfile",
+        str(REPO / "config.yaml"),
     ]
-    command += ["--configfile", str(REPO / "config.yaml")]
     if config is not None:
         command.append(str(config))
     full_env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
     return subprocess.run(
-        [*command, *args],
+        command,
         capture_output=True,
         text=True,
         env=full_env,

@@ -32,6 +32,9 @@ class Normalization:
 
     @classmethod
     def from_dict(cls, record: dict[str, Any]) -> Normalization:
+        missing = [key for key in cls.__dataclass_fields__ if key not in record]
+        if missing:
+            raise ValueError(f"normalization record lacks {missing}")
         return cls(**{key: float(record[key]) for key in cls.__dataclass_fields__})
 
 

@@ -17,9 +17,10 @@ from typing import Any
 from emseg.download import DownloadError
 from emseg.io import InputError
 from emseg.settings import ConfigError
+from emseg.training import TrainingDiverged
 
 LOG = logging.getLogger("emseg")
-EXPECTED_ERRORS = (InputError, ConfigError, DownloadError)
+EXPECTED_ERRORS = (InputError, ConfigError, DownloadError, TrainingDiverged)
 
 
 def run_rule(main: Callable[[Any], None], snakemake: Any) -> None:

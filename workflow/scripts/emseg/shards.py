@@ -28,7 +28,9 @@ def write_shard(path: Path, samples: np.ndarray, record: Mapping[str, Any], side
     write_json(sidecar, {**record, "shape": list(samples.shape), "sha256": sha256_file(path)})
 
 
-def open_shards(paths: Sequence[Path], sidecars: Sequence[Path], verify: bool = True) -> list[np.ndarray]:
+def open_shards(
+    paths: Sequence[Path], sidecars: Sequence[Path], verify: bool = True
+) -> list[np.ndarray]:
     """Memory-map every shard, checking its checksum first so a damaged cache is never used."""
     shards = []
     for path, sidecar in zip(paths, sidecars, strict=True):
@@ -41,7 +43,9 @@ def open_shards(paths: Sequence[Path], sidecars: Sequence[Path], verify: bool = 
         try:
             shard = np.load(path, mmap_mode="r")
         except (OSError, ValueError) as error:
-            raise InputError(f"{path}: cannot read augmentation shard ({error}); delete it") from error
+            raise InputError(
+                f"{path}: cannot read augmentation shard ({error}); delete it"
+            ) from error
         if list(shard.shape) != record["shape"]:
             raise InputError(f"{path}: shape {shard.shape} differs from its record; delete it")
         shards.append(shard)
