@@ -27,5 +27,6 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises several types for truncated or foreign files
         raise InputError(
-            f"{path}: cannot load checkpoint ({type(error).__name__}: {error}); delete it to start over"
+            f"{path}: cannot load checkpoint ({type(error).__name__}: {error});"
+            " delete it to start over"
         ) from error
