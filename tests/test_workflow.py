@@ -98,3 +98,19 @@ def test_a_removed_shard_is_rebuilt_alone(finished: Path, tmp_path: Path) -> Non
     (folder / "results/augment/slice1.npy").unlink()
     planned = jobs_planned(snakemake(folder, "-n", config=folder / "test_config.yaml"))
     assert planned.get("augment_slice") == 1
+
+
+def test_isbi_submission_holds_cell_probability(finished: Path) -> None:
+    target = RUN / "isbi2012_submission.tif"
+    result = snakemake(finished, str(target), config=finished / "test_config.yaml")
+    assert result.returncode == 0, result.stderr[-3000:]
+    submission = tifffile.imread(finished / target)
+    prob = tifffile.imread(finished / RUN / "predict" / "test_membrane_prob.tif")
+    assert submission.dtype == np.float32
+    np.testing.assert_allclose(submission, 1.0 - prob, atol=1e-7)
+
+
+def test_snakemake_report_gathers_the_run(finished: Path) -> None:
+    result = snakemake(finished, "--report", "gathered.zip", config=finished / "test_config.yaml")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (finished / "gathered.zip").stat().st_size > 10_000

@@ -15,8 +15,9 @@ def main(snakemake: Any) -> None:
     means = per_slice.drop(columns=["slice", "threshold"]).mean().to_dict()
     summary = {**means, "threshold": best, "n_slices": len(per_slice), **snakemake.params.run}
     LOG.info(
-        "held-out V_rand %.4f, V_info %.4f, pixel error %.4f, dice %.4f (threshold %.1f, %d slices)"
-        * (summary[key] for key in ("vrand", "vinfo", "pixel_error", "dice")),
+        "held-out V_rand %.4f, V_info %.4f, pixel error %.4f, dice %.4f"
+        " (threshold %.1f, %d slices)",
+        *(summary[key] for key in ("vrand", "vinfo", "pixel_error", "dice")),
         best,
         len(per_slice),
     )
