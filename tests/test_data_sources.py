@@ -18,7 +18,7 @@ from emseg.io import read_stack
 from emseg.synthetic import synthetic_stack
 from workflow_helpers import ISBI, snakemake, write_config
 
-PADDED_VAL = "results/preprocessed/padded0/val_images.tif"
+PADDED = "results/preprocessed/padded0/labelled_images.tif"
 needs_isbi = pytest.mark.skipif(not ISBI.is_dir(), reason="ISBI 2012 data not found")
 
 
@@ -45,15 +45,19 @@ def _files_config(folder: Path, images: Path, labels: Path, **extra: object) -> 
 def test_files_source_with_odd_sizes_and_16_bit(tmp_path: Path) -> None:
     images, labels = _user_stacks(tmp_path / "my data")
     config = _files_config(tmp_path, images, labels)
-    result = snakemake(tmp_path, PADDED_VAL, "results/preprocessed/train_labels.tif", config=config)
+    result = snakemake(tmp_path, PADDED, "results/preprocessed/labels.tif", config=config)
     assert result.returncode == 0, result.stderr[-3000:]
     canonical = tifffile.imread(tmp_path / "results/data/train_labels.tif")
     source = tifffile.imread(labels)
     np.testing.assert_array_equal(canonical, (source == 255).astype(np.uint8))
-    val = read_stack(tmp_path / PADDED_VAL)
-    assert val.shape == (1, 41, 57) and val.dtype == np.float32
+    padded = read_stack(tmp_path / PADDED)
+    assert padded.shape == (4, 41, 57) and padded.dtype == np.float32
     norm = json.loads((tmp_path / "results/preprocessed/normalization.json").read_text())
-    assert norm["training"] == [0, 1, 2] and norm["validation"] == [3]
+    raw = tifffile.imread(images).astype(float)
+    assert norm["low"] == pytest.approx(np.percentile(raw, 1.0))
+    np.testing.assert_allclose(
+        padded, (raw - norm["low"]) / (norm["high"] - norm["low"]), rtol=1e-5
+    )
 
 
 def test_files_source_from_png_folders_with_a_test_stack(tmp_path: Path) -> None:
@@ -71,7 +75,7 @@ def test_files_source_from_png_folders_with_a_test_stack(tmp_path: Path) -> None
         tmp_path, folders["img"], folders["lbl"], test_images=str(folders["tst"])
     )
     result = snakemake(
-        tmp_path, "results/preprocessed/padded0/test_images.tif", PADDED_VAL, config=config
+        tmp_path, "results/preprocessed/padded0/test_images.tif", PADDED, config=config
     )
     assert result.returncode == 0, result.stderr[-3000:]
     test = tifffile.imread(tmp_path / "results/preprocessed/padded0/test_images.tif")
@@ -87,12 +91,12 @@ def test_valid_unet_pads_by_its_margin(tmp_path: Path) -> None:
             "predict": {"tile_size": 60},
         },
     )
-    target = "results/preprocessed/padded20/val_images.tif"
+    target = "results/preprocessed/padded20/labelled_images.tif"
     result = snakemake(tmp_path, target, config=config)
     assert result.returncode == 0, result.stderr[-3000:]
     padded = tifffile.imread(tmp_path / target)
-    plain = tifffile.imread(tmp_path / "results/preprocessed/val_images.tif")
-    assert padded.shape == (2, 72 + 40, 72 + 40)
+    plain = tifffile.imread(tmp_path / "results/preprocessed/labelled_images.tif")
+    assert padded.shape == (5, 72 + 40, 72 + 40)
     np.testing.assert_array_equal(padded[:, 20:-20, 20:-20], plain)
     np.testing.assert_array_equal(padded[:, 20 - 3, 20:-20], plain[:, 3])  # reflected about row 0
 
@@ -100,13 +104,14 @@ def test_valid_unet_pads_by_its_margin(tmp_path: Path) -> None:
 @needs_isbi
 def test_isbi_source_from_a_local_mirror(tmp_path: Path) -> None:
     config = write_config(tmp_path, {"data": {"source": "isbi2012"}, "split": {"val_count": 5}})
-    result = snakemake(tmp_path, PADDED_VAL, config=config, env={"EMSEG_ISBI_MIRROR": str(ISBI)})
+    result = snakemake(tmp_path, PADDED, config=config, env={"EMSEG_ISBI_MIRROR": str(ISBI)})
     assert result.returncode == 0, result.stderr[-3000:]
     labels = tifffile.imread(tmp_path / "results/data/train_labels.tif")
     assert labels.shape == (30, 512, 512)
     assert labels.mean() == pytest.approx(1_727_250 / (30 * 512 * 512))  # the README's statistics
-    split = json.loads((tmp_path / "results/data/split.json").read_text())
-    assert split["validation"] == [25, 26, 27, 28, 29]
+    padded = read_stack(tmp_path / PADDED)
+    assert padded.shape == (30, 512, 512)
+    assert (tmp_path / "results/preprocessed/test_images.tif").exists()
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ import tifffile
 
 from workflow_helpers import jobs_planned, snakemake, write_config
 
-RUN = Path("results/runs/tiny")
+RUN = Path("results/runs/tiny/fold0/seed0")
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +60,7 @@ def test_canonical_dataset_and_split_are_recorded(finished: Path) -> None:
     labels = tifffile.imread(finished / "results/data/train_labels.tif")
     assert set(np.unique(labels)) == {0, 1}
     split = json.loads((finished / "results/data/split.json").read_text())
-    assert split == {"training": [0, 1, 2], "validation": [3, 4]}
+    assert split == {"folds": [{"training": [0, 1, 2], "validation": [3, 4]}]}
     assert not list((finished / "results").rglob("*.tmp")), "no temporary file is left behind"
 
 

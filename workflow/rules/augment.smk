@@ -1,13 +1,12 @@
-# The augmentation cache: N deformed samples per training slice with their weight maps, one shard
-# (and so one parallel job) per slice, shared by every model trained on these slices.
+# The augmentation cache: N deformed samples per labelled slice with their weight maps, one shard
+# (and so one parallel job) per slice, shared by every model, fold and seed that trains on it.
 
 
 rule augment_slice:
-    """Elastically deform one training slice N times and compute each sample's U-Net weight map."""
+    """Elastically deform one labelled slice N times and compute each sample's U-Net weight map."""
     input:
-        images=PRE / "train_images.tif",
-        labels=PRE / "train_labels.tif",
-        normalization=PRE / "normalization.json",
+        images=PRE / "labelled_images.tif",
+        labels=PRE / "labels.tif",
     output:
         shard=AUG / "slice{index}.npy",
         record=AUG / "slice{index}.json",
@@ -15,8 +14,6 @@ rule augment_slice:
         LOGS / "augment_slice{index}.log",
     benchmark:
         BENCH / "augment_slice{index}.tsv"
-    wildcard_constraints:
-        index=r"\d+",
     conda:
         "../../envs/emseg.yaml"
     params:

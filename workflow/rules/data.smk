@@ -69,7 +69,7 @@ else:
 
 
 rule split_slices:
-    """Record which labelled slices train and which are held out for validation and scoring."""
+    """Record which labelled slices each fold trains on and which it holds out."""
     input:
         dataset=DATA / "dataset.json",
     output:
@@ -79,7 +79,6 @@ rule split_slices:
     conda:
         "../../envs/emseg.yaml"
     params:
-        validation=validation_slices(),
-        training=training_slices(),
+        folds=FOLDS,
     script:
         "../scripts/split_slices.py"

@@ -2,26 +2,31 @@
 
 
 rule predict:
-    """Overlap-tile prediction of a whole stack: membrane probability and a binary mask."""
+    """Overlap-tile prediction of a stack: membrane probability and a binary mask."""
     input:
         model=RUN / "model.pt",
-        images=PRE / f"padded{MARGIN}" / "{subset}_images.tif",
+        images=lambda wildcards: padded(
+            "labelled" if wildcards.subset == "val" else "test"
+        )(wildcards),
     output:
         prob=RUN / "predict" / "{subset}_membrane_prob.tif",
         mask=RUN / "predict" / "{subset}_mask.tif",
     log:
-        LOGS / f"predict_{config['model']['name']}_{{subset}}.log",
+        LOGS / "predict_{name}_fold{fold}_seed{seed}_{subset}.log",
     benchmark:
-        BENCH / f"predict_{config['model']['name']}_{{subset}}.tsv"
+        BENCH / "predict_{name}_fold{fold}_seed{seed}_{subset}.tsv"
     wildcard_constraints:
         subset="val|test",
     conda:
         "../../envs/emseg.yaml"
     threads: workflow.cores
     resources:
-        gpu=1 if config["predict"]["device"] in ("auto", "cuda") else 0,
+        gpu=int(config["predict"]["device"] in ("auto", "cuda")),
     params:
         predict=config["predict"],
+        slices=lambda wildcards: (
+            fold_split(wildcards)["validation"] if wildcards.subset == "val" else None
+        ),
     script:
         "../scripts/predict.py"
 
@@ -33,34 +38,61 @@ rule isbi_submission:
     output:
         submission=RUN / "isbi2012_submission.tif",
     log:
-        LOGS / f"isbi_submission_{config['model']['name']}.log",
+        LOGS / "isbi_submission_{name}_fold{fold}_seed{seed}.log",
     conda:
         "../../envs/emseg.yaml"
     script:
         "../scripts/isbi_submission.py"
 
 
+rule ensemble:
+    """Average the test probabilities of a model's fold and seed runs, as CV frameworks do."""
+    input:
+        probs=lambda wildcards: expand(
+            str(RUN / "predict" / "test_membrane_prob.tif"),
+            name=wildcards.name,
+            fold=range(len(FOLDS)),
+            seed=SEEDS,
+        ),
+    output:
+        prob=RUNS / "{name}" / "ensemble_test_membrane_prob.tif",
+        mask=RUNS / "{name}" / "ensemble_test_mask.tif",
+    log:
+        LOGS / "ensemble_{name}.log",
+    conda:
+        "../../envs/emseg.yaml"
+    params:
+        threshold=config["predict"]["threshold"],
+    script:
+        "../scripts/ensemble.py"
+
+
 rule score:
     """ISBI 2012 scores (V_rand, V_info) and pixel scores on the held-out slices."""
     input:
         prob=RUN / "predict" / "val_membrane_prob.tif",
-        labels=PRE / "val_labels.tif",
-        split=DATA / "split.json",
+        labels=PRE / "labels.tif",
+        train_summary=RUN / "train_summary.json",
     output:
-        per_slice=report(RUN / "metrics" / "per_slice.csv", category="Scores"),
+        per_slice=report(
+            RUN / "metrics" / "per_slice.csv",
+            category="Scores",
+            subcategory="{name} fold {fold} seed {seed}",
+        ),
         thresholds=RUN / "metrics" / "thresholds.csv",
         summary=RUN / "metrics" / "summary.json",
     log:
-        LOGS / f"score_{config['model']['name']}.log",
+        LOGS / "score_{name}_fold{fold}_seed{seed}.log",
     conda:
         "../../envs/emseg.yaml"
     params:
-        run={
-            "name": config["model"]["name"],
-            "arch": config["model"]["arch"],
-            "config_hash": RUN_HASH,
-            "seed": config["train"]["seed"],
-            "fold": 0,
+        slices=lambda wildcards: fold_split(wildcards)["validation"],
+        run=lambda wildcards: {
+            "name": wildcards.name,
+            "arch": SETTINGS[wildcards.name]["model"]["arch"],
+            "config_hash": run_hash(wildcards),
+            "seed": int(wildcards.seed),
+            "fold": int(wildcards.fold),
         },
     script:
         "../scripts/score.py"
@@ -73,19 +105,45 @@ rule report:
         curve=RUN / "learning_curve.png",
         per_slice=RUN / "metrics" / "per_slice.csv",
         summary=RUN / "metrics" / "summary.json",
-        images=PRE / "val_images.tif",
-        labels=PRE / "val_labels.tif",
+        images=PRE / "labelled_images.tif",
+        labels=PRE / "labels.tif",
         prob=RUN / "predict" / "val_membrane_prob.tif",
-        split=DATA / "split.json",
     output:
         html=report(
-            RUN / "report.html", category="Report", caption="../report/report.rst"
+            RUN / "report.html",
+            category="Report",
+            subcategory="{name} fold {fold} seed {seed}",
+            caption="../report/report.rst",
         ),
     log:
-        LOGS / f"report_{config['model']['name']}.log",
+        LOGS / "report_{name}_fold{fold}_seed{seed}.log",
     conda:
         "../../envs/emseg.yaml"
     params:
-        config=config,
+        slices=lambda wildcards: fold_split(wildcards)["validation"],
+        config=lambda wildcards: {
+            **config,
+            "model": SETTINGS[wildcards.name]["model"],
+            "train": {
+                **SETTINGS[wildcards.name]["train"],
+                "seed": int(wildcards.seed),
+            },
+        },
     script:
         "../scripts/write_report.py"
+
+
+rule compare:
+    """Gather every run of the grid into one table and a comparison page."""
+    input:
+        summaries=all_runs(RUN / "metrics" / "summary.json"),
+        train_summaries=all_runs(RUN / "train_summary.json"),
+    output:
+        table=report(RESULTS / "comparison.csv", category="Comparison"),
+        page=report(RESULTS / "comparison.html", category="Comparison"),
+    log:
+        LOGS / "compare.log",
+    conda:
+        "../../envs/emseg.yaml"
+    script:
+        "../scripts/compare.py"

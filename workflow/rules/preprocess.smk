@@ -1,19 +1,16 @@
-# Preprocessing: robust intensity scaling fitted on the training slices, then mirror padding by the
-# margin that the network's valid convolutions consume.
+# Preprocessing: robust intensity scaling fitted on the labelled slices, then mirror padding by the
+# margin that each network's valid convolutions consume.
 
 
 rule normalize:
-    """Scale intensities by percentiles of the training slices; split stacks into train/val/test."""
+    """Scale intensities by percentiles of the labelled slices (no labels used), as float32."""
     input:
         **{key: path for key, path in CANONICAL.items() if key != "record"},
-        split=DATA / "split.json",
     output:
         **({"test_images": PRE / "test_images.tif"} if has_test_images() else {}),
         normalization=PRE / "normalization.json",
-        train_images=PRE / "train_images.tif",
-        train_labels=PRE / "train_labels.tif",
-        val_images=PRE / "val_images.tif",
-        val_labels=PRE / "val_labels.tif",
+        labelled_images=PRE / "labelled_images.tif",
+        labels=PRE / "labels.tif",
     log:
         LOGS / "normalize.log",
     conda:
@@ -27,14 +24,13 @@ rule normalize:
 rule mirror_pad:
     """Reflect each slice about its border by the network's margin (the paper's overlap-tile input)."""
     input:
-        stack=PRE / "{subset}_images.tif",
+        stack=PRE / "{stack}_images.tif",
     output:
-        padded=PRE / "padded{margin}" / "{subset}_images.tif",
+        padded=PRE / "padded{margin}" / "{stack}_images.tif",
     log:
-        LOGS / "mirror_pad_{subset}_{margin}.log",
+        LOGS / "mirror_pad_{stack}_{margin}.log",
     wildcard_constraints:
-        subset="train|val|test",
-        margin=r"\d+",
+        stack="labelled|test",
     conda:
         "../../envs/emseg.yaml"
     script:

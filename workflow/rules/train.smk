@@ -1,35 +1,44 @@
-# Training: one job per model; it uses a GPU when there is one and every core it is given otherwise.
+# Training: one job per (model, fold, seed); it uses a GPU when there is one and every core it is
+# given otherwise.
 
 
 rule train:
-    """Train the configured network on tiles from the augmentation cache, resuming from checkpoints."""
+    """Train a network on tiles from the augmentation cache, resuming from its checkpoints."""
     input:
-        shards=expand(AUG / "slice{index}.npy", index=training_slices()),
-        records=expand(AUG / "slice{index}.json", index=training_slices()),
-        val_images=PRE / f"padded{MARGIN}" / "val_images.tif",
-        val_labels=PRE / "val_labels.tif",
+        shards=shards,
+        records=shard_records,
+        images=padded("labelled"),
+        labels=PRE / "labels.tif",
+        split=DATA / "split.json",
     output:
         model=RUN / "model.pt",
         log=RUN / "train_log.csv",
         curve=report(
             RUN / "learning_curve.png",
             category="Training",
+            subcategory="{name} fold {fold} seed {seed}",
             caption="../report/curve.rst",
         ),
         summary=RUN / "train_summary.json",
     log:
-        LOGS / f"train_{config['model']['name']}.log",
+        LOGS / "train_{name}_fold{fold}_seed{seed}.log",
     benchmark:
-        BENCH / f"train_{config['model']['name']}.tsv"
+        BENCH / "train_{name}_fold{fold}_seed{seed}.tsv"
     conda:
         "../../envs/emseg.yaml"
     threads: workflow.cores
     resources:
-        gpu=1 if config["train"]["device"] in ("auto", "cuda") else 0,
+        gpu=lambda wildcards: int(
+            SETTINGS[wildcards.name]["train"]["device"] in ("auto", "cuda")
+        ),
     params:
-        model=config["model"],
-        train=config["train"],
-        config_hash=RUN_HASH,
-        checkpoints=RUN / "checkpoints",
+        model=lambda wildcards: SETTINGS[wildcards.name]["model"],
+        train=lambda wildcards: {
+            **SETTINGS[wildcards.name]["train"],
+            "seed": int(wildcards.seed),
+        },
+        validation=lambda wildcards: fold_split(wildcards)["validation"],
+        config_hash=run_hash,
+        checkpoints=lambda wildcards: str(RUN / "checkpoints").format(**wildcards),
     script:
         "../scripts/train.py"

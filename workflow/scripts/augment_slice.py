@@ -1,13 +1,13 @@
-"""Rule augment_slice: N augmented samples of one training slice, with weight maps, as one shard."""
+"""Rule augment_slice: N augmented samples of one labelled slice, with weight maps, as one shard."""
 
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm import tqdm
 
 from emseg.augment import AugmentConfig, augment_pair
-from emseg.io import read_json, read_stack
+from emseg.io import read_stack
+from emseg.progress import progress
 from emseg.runner import LOG, run_rule
 from emseg.shards import IMAGE, LABEL, WEIGHT, write_shard
 from emseg.weightmap import unet_weight_map
@@ -15,19 +15,15 @@ from emseg.weightmap import unet_weight_map
 
 def main(snakemake: Any) -> None:
     index = int(snakemake.wildcards.index)
-    training = read_json(snakemake.input.normalization)["training"]
-    if index not in training:
-        raise ValueError(f"slice {index} is not a training slice ({training})")
-    position = training.index(index)
-    image = read_stack(snakemake.input.images)[position].astype(np.float32)
-    label = read_stack(snakemake.input.labels)[position].astype(np.uint8)
+    image = read_stack(snakemake.input.images)[index].astype(np.float32)
+    label = read_stack(snakemake.input.labels)[index].astype(np.uint8)
     spec = dict(snakemake.params.augment)
     seed, count = int(spec.pop("seed")), int(spec.pop("samples_per_slice"))
     options = AugmentConfig.from_mapping(spec)
     weights = snakemake.params.weights
     rng = np.random.default_rng([seed, index])
     samples = np.empty((count, 3, *image.shape), dtype=np.float32)
-    for k in tqdm(range(count), desc=f"augment slice {index}", mininterval=5, leave=False):
+    for k in progress(range(count), desc=f"augment slice {index}", leave=False):
         sample_image, sample_label = augment_pair(image, label, rng, options)
         samples[k, IMAGE] = sample_image
         samples[k, LABEL] = sample_label

@@ -5,11 +5,11 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from emseg.checkpoint import load_checkpoint
 from emseg.io import read_stack, write_stack
 from emseg.models import build_model
+from emseg.progress import progress
 from emseg.runner import LOG, run_rule
 from emseg.tiling import TileOptions, predict_slice
 from emseg.training import select_device
@@ -31,7 +31,10 @@ def main(snakemake: Any) -> None:
         tta=bool(spec["tta"]),
         amp=device.type == "cuda",
     )
-    padded = read_stack(snakemake.input.images).astype(np.float32)
+    padded = read_stack(snakemake.input.images)
+    if snakemake.params.slices is not None:  # the fold's held-out slices of the labelled stack
+        padded = padded[list(snakemake.params.slices)]
+    padded = padded.astype(np.float32)
     LOG.info(
         "predicting %d slices of %s on %s (tta %s)",
         len(padded),
@@ -42,7 +45,9 @@ def main(snakemake: Any) -> None:
     probs = np.stack(
         [
             predict_slice(model, slice_, options, device)
-            for slice_ in tqdm(padded, desc=f"predict {snakemake.wildcards.subset}", unit="slice")
+            for slice_ in progress(
+                padded, desc=f"predict {snakemake.wildcards.subset}", unit="slice"
+            )
         ]
     )
     write_stack(snakemake.output.prob, probs.astype(np.float32))

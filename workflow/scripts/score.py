@@ -2,16 +2,17 @@
 
 from typing import Any
 
-from emseg.io import atomic_path, read_json, read_stack, write_json
+from emseg.io import atomic_path, read_stack, write_json
 from emseg.metrics import score_stack
 from emseg.runner import LOG, run_rule
 
 
 def main(snakemake: Any) -> None:
     probs = read_stack(snakemake.input.prob)
-    labels = read_stack(snakemake.input.labels)
+    slices = list(snakemake.params.slices)
+    labels = read_stack(snakemake.input.labels)[slices]
     best, per_slice, per_threshold = score_stack(probs, labels)
-    per_slice["slice"] = read_json(snakemake.input.split)["validation"]
+    per_slice["slice"] = slices
     means = per_slice.drop(columns=["slice", "threshold"]).mean().to_dict()
     summary = {**means, "threshold": best, "n_slices": len(per_slice), **snakemake.params.run}
     LOG.info(

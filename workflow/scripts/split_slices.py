@@ -1,4 +1,4 @@
-"""Rule split_slices: record the training and held-out slice indices."""
+"""Rule split_slices: record which labelled slices each fold trains on and holds out."""
 
 from typing import Any
 
@@ -8,13 +8,12 @@ from emseg.runner import LOG, run_rule
 
 def main(snakemake: Any) -> None:
     count = read_json(snakemake.input.dataset)["stacks"]["train_labels"]["shape"][0]
-    validation, training = list(snakemake.params.validation), list(snakemake.params.training)
-    if sorted(validation + training) != list(range(count)):
-        raise ValueError(
-            f"split covers {sorted(validation + training)}; dataset has {count} slices"
-        )
-    LOG.info("training slices %s; held out %s", training, validation)
-    write_json(snakemake.output.split, {"training": training, "validation": validation})
+    folds = [dict(fold) for fold in snakemake.params.folds]
+    for number, fold in enumerate(folds):
+        if sorted(fold["training"] + fold["validation"]) != list(range(count)):
+            raise ValueError(f"fold {number} does not cover the dataset's {count} slices")
+        LOG.info("fold %d: held out %s", number, fold["validation"])
+    write_json(snakemake.output.split, {"folds": folds})
 
 
 if "snakemake" in globals():

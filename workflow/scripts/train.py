@@ -18,9 +18,10 @@ def main(snakemake: Any) -> None:
     shards = open_shards(
         [Path(p) for p in snakemake.input.shards], [Path(p) for p in snakemake.input.records]
     )
+    held_out = list(snakemake.params.validation)
     validation = ValidationSet(
-        padded_images=read_stack(snakemake.input.val_images).astype(np.float32),
-        labels=read_stack(snakemake.input.val_labels).astype(np.uint8),
+        padded_images=read_stack(snakemake.input.images)[held_out].astype(np.float32),
+        labels=read_stack(snakemake.input.labels)[held_out].astype(np.uint8),
     )
     settings = TrainSettings(
         model=snakemake.params.model,

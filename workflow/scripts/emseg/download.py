@@ -19,9 +19,8 @@ import urllib.request
 from collections.abc import Mapping
 from pathlib import Path, PurePosixPath
 
-from tqdm import tqdm
-
 from emseg.io import sha256_file
+from emseg.progress import progress as progress_bar
 
 __all__ = ["DownloadError", "fetch_dataset", "read_manifest"]
 
@@ -95,7 +94,8 @@ def fetch_dataset(
         raise ValueError(f"backoff must be >= 0, got {backoff}")
     entries = {_check_relpath(rel, "manifest"): _check_hash(rel, h) for rel, h in manifest.items()}
     dest = Path(dest)
-    for rel, expected in tqdm(entries.items(), desc="fetch", unit="file", disable=not progress):
+    files = progress_bar(entries.items(), desc="fetch", unit="file", disable=not progress)
+    for rel, expected in files:
         final = dest / rel
         if final.is_file() and sha256_file(final) == expected:
             continue

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import math
-import os
 from collections.abc import Mapping, Sequence
 from html import escape
 from numbers import Integral, Real
@@ -21,6 +20,7 @@ import pandas as pd
 import yaml
 from PIL import Image
 
+from emseg.io import atomic_path
 from emseg.plots import (
     FALSE_MEMBRANE_RGB,
     MISSED_MEMBRANE_RGB,
@@ -386,12 +386,23 @@ def render_report(
             f"<pre>{escape(config_yaml(config))}</pre>",
         ]
     )
+    return html_page(title, body)
+
+
+def html_page(title: str, body: str) -> str:
+    """A complete page around `body` with the report's inline style (no external resources)."""
     return (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
         f"<title>{escape(title)}</title><style>{_CSS}</style></head>"
         f"<body><main>{body}</main></body></html>\n"
     )
+
+
+def write_html(out_html: Path, page: str) -> None:
+    """Write a page atomically, so a killed job never leaves half a report."""
+    with atomic_path(out_html) as tmp:
+        tmp.write_text(page, encoding="utf-8")
 
 
 def write_report(
@@ -427,7 +438,4 @@ def write_report(
         slice_ids=slice_ids,
         curve_png=curve_png,
     )
-    out_html = Path(out_html)
-    tmp = out_html.with_name(out_html.name + ".tmp")
-    tmp.write_text(page, encoding="utf-8")
-    os.replace(tmp, out_html)
+    write_html(Path(out_html), page)

@@ -45,9 +45,50 @@ def check_config(config: Mapping[str, Any]) -> None:
     pre = config["preprocess"]
     if pre["lower_percentile"] >= pre["upper_percentile"]:
         raise ConfigError("preprocess.lower_percentile must be below preprocess.upper_percentile")
-    validation_slices(config)
-    _check_tile("train.tile_size", config["train"]["tile_size"], config["model"])
-    _check_tile("predict.tile_size", config["predict"]["tile_size"], config["model"])
+    folds(config)
+    for name, settings in run_settings(config).items():
+        where = f"models.{name}." if config.get("models") else ""
+        _check_tile(f"{where}train.tile_size", settings["train"]["tile_size"], settings["model"])
+        _check_tile("predict.tile_size", config["predict"]["tile_size"], settings["model"])
+
+
+def run_settings(config: Mapping[str, Any]) -> dict[str, dict[str, dict[str, Any]]]:
+    """Each named run's model and train settings: `models:` entries merged over `model`/`train`.
+
+    With no `models:` entry the grid is the one model of `model:`, named by `model.name`.
+    """
+    base = {"model": dict(config["model"]), "train": dict(config["train"])}
+    entries = config.get("models") or {config["model"]["name"]: {}}
+    runs = {}
+    for name, override in entries.items():
+        runs[name] = {
+            section: {**base[section], **(override or {}).get(section, {})}
+            for section in ("model", "train")
+        }
+        runs[name]["model"]["name"] = name
+    return runs
+
+
+def folds(config: Mapping[str, Any]) -> list[dict[str, list[int]]]:
+    """Cross-validation folds: `cv.folds` contiguous blocks, or the one split of `split:`.
+
+    Contiguous blocks, not shuffled slices: neighbouring serial sections look alike, so a slice's
+    neighbour in the training set would flatter the held-out score.
+    """
+    total = labelled_slice_count(config)
+    count = int(config["cv"]["folds"])
+    if count == 1:
+        held_out = validation_slices(config)
+        training = [i for i in range(total) if i not in held_out]
+        return [{"training": training, "validation": held_out}]
+    if count > total:
+        raise ConfigError(f"cv.folds: {count} folds need {count} labelled slices, not {total}")
+    bounds = [round(k * total / count) for k in range(count + 1)]
+    blocks = [list(range(bounds[k], bounds[k + 1])) for k in range(count)]
+    return [
+        {"training": [i for i in range(total) if i not in block], "validation": block}
+        for block in blocks
+    ]
 
 
 def coerce_to_schema(config: dict[str, Any], schema_path: Path) -> None:
@@ -63,17 +104,25 @@ def coerce_to_schema(config: dict[str, Any], schema_path: Path) -> None:
 def _coerce(
     node: dict[str, Any], schema: Mapping[str, Any], definitions: Mapping[str, Any]
 ) -> None:
+    schema = _resolve(schema, definitions)
     properties = schema.get("properties", {})
+    extra = schema.get("additionalProperties")
     for key, value in node.items():
-        sub = properties.get(key)
+        sub = properties.get(key, extra if isinstance(extra, dict) else None)
         if sub is None:
             continue
-        if "$ref" in sub:
-            sub = definitions.get(sub["$ref"].rsplit("/", 1)[-1], {})
+        sub = _resolve(sub, definitions)
         if isinstance(value, dict):
             _coerce(value, sub, definitions)
         elif isinstance(value, str):
             node[key] = _convert(value, sub.get("type"))
+
+
+def _resolve(schema: Mapping[str, Any], definitions: Mapping[str, Any]) -> Mapping[str, Any]:
+    """Follow a local `$ref` ("#/definitions/name") to the schema it names."""
+    if "$ref" in schema:
+        return {**definitions.get(schema["$ref"].rsplit("/", 1)[-1], {}), **schema}
+    return schema
 
 
 def _convert(value: str, kind: Any) -> Any:

@@ -20,13 +20,13 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from emseg.checkpoint import load_checkpoint, save_checkpoint
 from emseg.losses import build_loss
 from emseg.models import build_model
 from emseg.models.geometry import Geometry
 from emseg.preprocess import mirror_pad
+from emseg.progress import progress
 from emseg.shards import IMAGE, LABEL, WEIGHT
 from emseg.tiling import TileOptions, predict_slice
 
@@ -270,14 +270,7 @@ def train(
         upcoming: Future[Batch] | None = (
             prefetch.submit(sampler.batch, step) if step < iterations else None
         )
-        progress = tqdm(
-            total=iterations,
-            initial=step,
-            desc="train",
-            unit="it",
-            mininterval=2,
-            dynamic_ncols=True,
-        )
+        bar = progress(total=iterations, initial=step, desc="train", unit="it")
         while step < iterations:
             waited = time.perf_counter()
             batch = upcoming.result()
@@ -324,11 +317,11 @@ def train(
                     best_dice = row["val_dice"]
                     save_checkpoint(best, checkpoint_state() | {"log": [*log, row]})
             log.append(row)
-            progress.set_postfix(loss=f"{row['train_loss']:.4f}", refresh=False)
-            progress.update(1)
+            bar.set_postfix(loss=f"{row['train_loss']:.4f}", refresh=False)
+            bar.update(1)
             if step % int(cfg["checkpoint_every"]) == 0 or step == iterations:
                 save_checkpoint(last, checkpoint_state())
-        progress.close()
+        bar.close()
     summary = {
         "device": str(device),
         "precision": str(amp_dtype or "fp32"),
