@@ -123,7 +123,8 @@ def all_runs(pattern):
 
 
 def final_targets():
-    targets = all_runs(RUN / "report.html") + all_runs(RUN / "metrics" / "summary.json")
+    targets = all_runs(RUN / "model.pt") + all_runs(RUN / "report.html")
+    targets += all_runs(RUN / "metrics" / "summary.json")
     targets += all_runs(RUN / "predict" / "val_membrane_prob.tif")
     if has_test_images():
         targets += all_runs(RUN / "predict" / "test_membrane_prob.tif")

@@ -1,0 +1,64 @@
+"""The model grid: three architectures x two contiguous folds, compared, ensembled and rerun."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import tifffile
+
+from workflow_helpers import jobs_planned, snakemake, write_config
+
+GRID = {
+    "cv": {"folds": 2, "seeds": [0], "ensemble": True},
+    "models": {
+        "unet": {},
+        "fcn": {"model": {"arch": "fcn"}},
+        "vnet": {"model": {"arch": "vnet"}, "train": {"loss": "dice"}},
+    },
+}
+
+
+@pytest.fixture(scope="module")
+def grid(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("grid")
+    result = snakemake(folder, config=write_config(folder, GRID))
+    assert result.returncode == 0, result.stderr[-3000:]
+    return folder
+
+
+def test_every_run_is_compared(grid: Path) -> None:
+    table = pd.read_csv(grid / "results/comparison.csv")
+    assert len(table) == 6
+    assert sorted(set(table["name"])) == ["fcn", "unet", "vnet"]
+    assert sorted(set(table["arch"])) == ["fcn", "unet", "vnet"]
+    assert set(table["fold"]) == {0, 1}
+    assert table["vrand"].between(0, 1).all() and (table["train_seconds"] > 0).all()
+    page = (grid / "results/comparison.html").read_text()
+    assert "vnet" in page and "data:image/png;base64," in page
+
+
+def test_folds_hold_out_contiguous_blocks(grid: Path) -> None:
+    for fold, held_out in [(0, [0, 1]), (1, [2, 3, 4])]:
+        per_slice = pd.read_csv(grid / f"results/runs/unet/fold{fold}/seed0/metrics/per_slice.csv")
+        assert list(per_slice["slice"]) == held_out
+
+
+def test_ensemble_is_the_mean_of_the_fold_models(grid: Path) -> None:
+    run = grid / "results/runs/fcn"
+    folds = [tifffile.imread(run / f"fold{k}/seed0/predict/test_membrane_prob.tif") for k in (0, 1)]
+    ensemble = tifffile.imread(run / "ensemble_test_membrane_prob.tif")
+    np.testing.assert_allclose(ensemble, (folds[0] + folds[1]) / 2, atol=1e-6)
+
+
+def test_removing_one_fold_model_retrains_that_job_only(grid: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "copy"
+    shutil.copytree(grid, folder)
+    (folder / "results/runs/vnet/fold1/seed0/model.pt").unlink()
+    planned = jobs_planned(snakemake(folder, "-n", config=folder / "test_config.yaml"))
+    assert planned.get("train") == 1
+    assert "augment_slice" not in planned and "normalize" not in planned
+    assert planned.get("compare") == 1 and planned.get("ensemble") == 1
