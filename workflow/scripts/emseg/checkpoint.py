@@ -8,6 +8,7 @@ checkpoint intact, and it is read with `torch.load(weights_only=True)`.
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +18,11 @@ from emseg.io import InputError, atomic_path
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    """Serialise in memory first, so a full disk surfaces as the OSError that io reports plainly."""
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
     with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+        tmp.write_bytes(buffer.getvalue())
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:

@@ -14,9 +14,12 @@ from typing import Any
 
 import numpy as np
 
-from emseg.io import InputError, sha256_file, write_json, write_stack
+from emseg.io import InputError, read_stack, sha256_file, write_json, write_stack
 
 LOG = logging.getLogger("emseg")
+# The smallest slice side accepted: 16 px is the smallest input of the default networks (four 2x2
+# poolings), and a thinner slice (a line scan, a 1 x N image) gives no training tile worth the name.
+MIN_SIDE = 16
 
 
 def binarize_labels(labels: np.ndarray, membrane_value: int, source: Path | str) -> np.ndarray:
@@ -39,11 +42,42 @@ def check_raw(stack: np.ndarray, source: Path | str) -> np.ndarray:
     """Accept 8- and 16-bit gray stacks (and finite float ones); reject the rest by file name."""
     if stack.dtype not in (np.uint8, np.uint16) and stack.dtype.kind != "f":
         raise InputError(f"{source}: pixel type {stack.dtype} is not 8- or 16-bit gray")
+    height, width = stack.shape[-2:]
+    if min(height, width) < MIN_SIDE:
+        raise InputError(
+            f"{source}: slices of {height} x {width} px are too small; the networks need at least"
+            f" {MIN_SIDE} x {MIN_SIDE} px"
+        )
     if stack.dtype.kind == "f":
         if not np.isfinite(stack).all():
             raise InputError(f"{source}: image contains NaN or infinite values")
         stack = stack.astype(np.float32)
     return stack
+
+
+def import_user_stacks(
+    outputs: Mapping[str, Any], inputs: Mapping[str, str], membrane_value: int
+) -> None:
+    """Check the user's stacks (data.source: files) and write them as the canonical dataset.
+
+    `inputs` maps train_images, train_labels and optionally test_images to a multi-page TIFF or
+    a folder of slices; every refusal is an InputError that names the file.
+    """
+    images = check_raw(read_stack(inputs["train_images"]), inputs["train_images"])
+    labels = binarize_labels(
+        read_stack(inputs["train_labels"]), membrane_value, inputs["train_labels"]
+    )
+    test = None
+    if inputs.get("test_images"):
+        test = check_raw(read_stack(inputs["test_images"]), inputs["test_images"])
+    write_canonical(
+        outputs,
+        train_images=images,
+        train_labels=labels,
+        test_images=test,
+        source={"name": "files", "membrane_value": membrane_value},
+        names=dict(inputs),
+    )
 
 
 def write_canonical(

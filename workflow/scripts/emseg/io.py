@@ -7,6 +7,7 @@ job or a full disk never leaves a file that a later run would take for finished.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import logging
@@ -25,23 +26,72 @@ from PIL import Image
 SLICE_SUFFIXES = (".png", ".tif", ".tiff")
 # tifffile logs, rather than raises, when a damaged file cuts its page chain or metadata short
 _TIFF_DAMAGE = ("invalid page offset", "corrupted", "invalid value offset")
+# a full disk or an exhausted quota: the user can act on these, unlike on other I/O errors
+_NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
 
 
 class InputError(ValueError):
     """Bad user input: the message names the file or config key and what is wrong."""
 
 
+class OutputError(OSError):
+    """An output could not be written for lack of space; the message names the file."""
+
+    def __str__(self) -> str:
+        return f"{self.filename}: {self.strerror}"
+
+
 @contextlib.contextmanager
 def atomic_path(final: str | os.PathLike[str]) -> Iterator[Path]:
-    """Yield a temporary path beside `final`; rename it onto `final` only if the block succeeds."""
+    """Yield a temporary path beside `final`; rename it onto `final` only if the block succeeds.
+
+    A full disk becomes an OutputError naming `final` (the OSError from the writer names only
+    the temporary file, or nothing), and the partial temporary file is removed.
+    """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _create_temp(final)
+    tmp: Path | None = None
     try:
+        tmp = _create_temp(final)
         yield tmp
         os.replace(tmp, final)
+    except OSError as error:
+        if isinstance(error, OutputError):
+            raise
+        code = error.errno if error.errno is not None else _write_errno(tmp)
+        if code in _NO_SPACE:
+            raise _no_space(final, code) from error
+        raise
     finally:
-        tmp.unlink(missing_ok=True)
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
+
+
+def _write_errno(tmp: Path | None) -> int | None:
+    """Why writing to `tmp` fails, asked of the OS by writing to it again.
+
+    numpy's `tofile` (used by tifffile and `np.save`) reports a short write as an OSError with
+    no errno ("131072 requested and 6056 written"); a direct write gets the real one.
+    """
+    if tmp is None:
+        return None
+    data = bytes(1 << 16)
+    try:
+        with open(tmp, "ab", buffering=0) as handle:
+            while data:
+                data = data[handle.write(data) :]
+    except OSError as error:
+        return error.errno
+    return None
+
+
+def _no_space(final: Path, code: int) -> OutputError:
+    return OutputError(
+        code,
+        f"{os.strerror(code)} ({errno.errorcode[code]}) while writing it; free space on that disk"
+        " or set the config key `results` to a folder on a larger one, then rerun",
+        str(final),
+    )
 
 
 def _create_temp(final: Path) -> Path:

@@ -15,12 +15,12 @@ from pathlib import Path
 from typing import Any
 
 from emseg.download import DownloadError
-from emseg.io import InputError
+from emseg.io import InputError, OutputError
 from emseg.settings import ConfigError
 from emseg.training import TrainingDiverged
 
 LOG = logging.getLogger("emseg")
-EXPECTED_ERRORS = (InputError, ConfigError, DownloadError, TrainingDiverged)
+EXPECTED_ERRORS = (InputError, OutputError, ConfigError, DownloadError, TrainingDiverged)
 
 
 def run_rule(main: Callable[[Any], None], snakemake: Any) -> None:

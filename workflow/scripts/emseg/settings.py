@@ -31,6 +31,8 @@ class ConfigError(ValueError):
 
 def check_config(config: Mapping[str, Any]) -> None:
     """Raise ConfigError naming the first key whose value cannot work."""
+    for key in ("results", "data.train_images", "data.train_labels", "data.test_images"):
+        _refuse_braces(key, config)
     data = config["data"]
     if data["source"] == "files":
         for key in ("train_images", "train_labels"):
@@ -193,6 +195,17 @@ def config_hash(*sections: Any) -> str:
     """A short stable hash of config sections, recorded with results to say what produced them."""
     blob = json.dumps(sections, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:12]
+
+
+def _refuse_braces(key: str, config: Mapping[str, Any]) -> None:
+    """Snakemake reads `{name}` in any file path as a wildcard, with no way to escape it."""
+    section, _, name = key.rpartition(".")
+    value = str((config[section] if section else config).get(name) or "")
+    if "{" in value or "}" in value:
+        raise ConfigError(
+            f"{key}: {value!r} holds braces, which Snakemake reads as wildcards;"
+            " rename the folder or file"
+        )
 
 
 def _require_path(key: str, value: str) -> None:

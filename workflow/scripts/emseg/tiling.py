@@ -11,19 +11,24 @@ preprocessing rule writes) and returns the membrane probability of the original 
   centres more than their borders, as sliding-window inference does elsewhere.
 
 Tiles are built lazily and run in batches, so memory stays bounded by `batch_size` tiles
-whatever the slice size.
+whatever the slice size. A batch that runs out of GPU memory is retried at half the size, and the
+smaller size is kept for the rest of the slice; a single tile that does not fit is a config error.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
+from emseg.io import InputError
 from emseg.models.geometry import Geometry
+
+LOG = logging.getLogger("emseg")
 
 
 @dataclass(frozen=True)
@@ -35,6 +40,13 @@ class TileOptions:
     overlap: float = 0.25
     tta: bool = False
     amp: bool = False
+
+
+@dataclass
+class _BatchLimit:
+    """The tile batch size that currently fits in memory, shared by all views of one slice."""
+
+    size: int
 
 
 def predict_slice(
@@ -59,28 +71,37 @@ def predict_slice(
         )
     transforms = range(8) if options.tta else range(1)
     total = np.zeros(tuple(s - 2 * geometry.margin for s in padded.shape), dtype=np.float64)
+    limit = _BatchLimit(max(1, options.batch_size))
     was_training = model.training
     model.eval()
     try:
         for k in transforms:
             view = np.ascontiguousarray(_dihedral(padded, k))
-            total += _dihedral_inverse(_predict_view(model, view, options, device), k)
+            total += _dihedral_inverse(_predict_view(model, view, options, device, limit), k)
     finally:
         model.train(was_training)
     return (total / len(transforms)).astype(np.float32)
 
 
 def _predict_view(
-    model: torch.nn.Module, padded: np.ndarray, options: TileOptions, device: torch.device
+    model: torch.nn.Module,
+    padded: np.ndarray,
+    options: TileOptions,
+    device: torch.device,
+    limit: _BatchLimit,
 ) -> np.ndarray:
     geometry: Geometry = model.geometry
     if geometry.padded:
-        return _predict_blended(model, padded, options, device)
-    return _predict_overlap_tile(model, padded, options, device)
+        return _predict_blended(model, padded, options, device, limit)
+    return _predict_overlap_tile(model, padded, options, device, limit)
 
 
 def _predict_overlap_tile(
-    model: torch.nn.Module, padded: np.ndarray, options: TileOptions, device: torch.device
+    model: torch.nn.Module,
+    padded: np.ndarray,
+    options: TileOptions,
+    device: torch.device,
+    limit: _BatchLimit,
 ) -> np.ndarray:
     """Valid network: output regions tile the slice exactly, strides aligned to the pooling grid."""
     geometry: Geometry = model.geometry
@@ -101,7 +122,7 @@ def _predict_overlap_tile(
     )
     result = np.zeros((height, width), dtype=np.float32)
     corners = [(y, x) for y in ys for x in xs]
-    for batch, probs in _run_batches(model, image, corners, tile, options, device):
+    for batch, probs in _run_batches(model, image, corners, tile, options, device, limit):
         for (y, x), prob in zip(batch, probs, strict=True):
             h, w = min(stride, height - y), min(stride, width - x)
             result[y : y + h, x : x + w] = prob[:h, :w]
@@ -109,7 +130,11 @@ def _predict_overlap_tile(
 
 
 def _predict_blended(
-    model: torch.nn.Module, image: np.ndarray, options: TileOptions, device: torch.device
+    model: torch.nn.Module,
+    image: np.ndarray,
+    options: TileOptions,
+    device: torch.device,
+    limit: _BatchLimit,
 ) -> np.ndarray:
     """Padded network: overlapping tiles averaged with a Gaussian importance window."""
     tile = options.tile_size
@@ -126,7 +151,7 @@ def _predict_blended(
     total = np.zeros(grown.shape, dtype=np.float64)
     weight = np.zeros(grown.shape, dtype=np.float64)
     corners = [(y, x) for y in ys for x in xs]
-    for batch, probs in _run_batches(model, grown, corners, tile, options, device):
+    for batch, probs in _run_batches(model, grown, corners, tile, options, device, limit):
         for (y, x), prob in zip(batch, probs, strict=True):
             total[y : y + tile, x : x + tile] += prob * window
             weight[y : y + tile, x : x + tile] += window
@@ -155,22 +180,67 @@ def _run_batches(
     tile: int,
     options: TileOptions,
     device: torch.device,
+    limit: _BatchLimit,
 ) -> Iterator[tuple[list[tuple[int, int]], np.ndarray]]:
-    """Yield (corners, membrane probabilities) batch by batch; tiles are cut only when needed."""
+    """Yield (corners, membrane probabilities) batch by batch; tiles are cut only when needed.
+
+    Out of memory, the same tiles are retried in batches half the size (down to one tile), so a
+    batch size tuned on a larger GPU still finishes; `limit` remembers the size that fitted.
+    """
+    start = 0
+    while start < len(corners):
+        batch = corners[start : start + limit.size]
+        try:
+            probs = _run_batch(model, image, batch, tile, options, device)
+        except torch.OutOfMemoryError as error:
+            _release_memory(device)
+            if limit.size == 1:
+                reason = (str(error).strip().splitlines() or ["out of memory"])[0]
+                raise InputError(
+                    f"predict.tile_size: one tile of {tile} px does not fit in the memory of"
+                    f" {device} ({reason}); lower predict.tile_size (and predict.batch_size)"
+                ) from error
+            limit.size //= 2
+            LOG.warning(
+                "out of memory on %s with %d tiles of %d px; retrying with batches of %d"
+                " (set predict.batch_size: %d to skip this)",
+                device,
+                len(batch),
+                tile,
+                limit.size,
+                limit.size,
+            )
+            continue
+        yield batch, probs
+        start += len(batch)
+
+
+def _run_batch(
+    model: torch.nn.Module,
+    image: np.ndarray,
+    batch: list[tuple[int, int]],
+    tile: int,
+    options: TileOptions,
+    device: torch.device,
+) -> np.ndarray:
+    """Membrane probabilities (N, tile', tile') of the tiles at `batch`'s corners."""
     autocast = (
         torch.autocast(device_type=device.type, dtype=torch.bfloat16)
         if options.amp and device.type == "cuda"
         else contextlib.nullcontext()
     )
     dtype = next(model.parameters()).dtype
-    for start in range(0, len(corners), options.batch_size):
-        batch = corners[start : start + options.batch_size]
-        tiles = np.stack([image[y : y + tile, x : x + tile] for y, x in batch])
-        inputs = torch.from_numpy(tiles).to(device=device, dtype=dtype).unsqueeze(1)
-        with torch.inference_mode(), autocast:
-            logits = model(inputs)
-        probs = torch.softmax(logits.float(), dim=1)[:, 1]
-        yield batch, probs.cpu().numpy()
+    tiles = np.stack([image[y : y + tile, x : x + tile] for y, x in batch])
+    inputs = torch.from_numpy(tiles).to(device=device, dtype=dtype).unsqueeze(1)
+    with torch.inference_mode(), autocast:
+        logits = model(inputs)
+    return torch.softmax(logits.float(), dim=1)[:, 1].cpu().numpy()
+
+
+def _release_memory(device: torch.device) -> None:
+    """Hand the failed batch's cached blocks back so the smaller retry can use them."""
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
 
 
 def _dihedral(array: np.ndarray, k: int) -> np.ndarray:
