@@ -134,7 +134,7 @@ def test_padded_architectures_predict_probabilities_of_the_slice_size(arch: str)
 def test_invalid_tile_size_names_the_config_key() -> None:
     model = _valid_unet(depth=2)
     padded = mirror_pad(np.zeros((30, 30)), model.geometry.margin)
-    with pytest.raises(ValueError, match=r"predict\.tile_size 50"):
+    with pytest.raises(ValueError, match=r"predict\.tile_size: 50"):
         predict_slice(model, padded, TileOptions(tile_size=50), CPU)
 
 

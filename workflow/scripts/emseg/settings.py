@@ -228,10 +228,8 @@ def _check_tile(key: str, size: int, model: Mapping[str, Any]) -> None:
         geometry = geometry_for(model)
     except ValueError as error:
         raise ConfigError(f"model: {error}") from error
-    if not geometry.is_valid(size):
-        below, above = geometry.nearest_valid_sizes(size)
-        nearest = f"{below} or {above}" if below else str(above)
-        raise ConfigError(
-            f"{key}: {size} is not a valid input size for {spec.arch} "
-            f"(padding {spec.padding}, depth {spec.depth}); use {nearest}"
-        )
+    try:
+        geometry.require_valid(size, key)
+    except ValueError as error:
+        network = f"{spec.arch}, padding {spec.padding}, depth {spec.depth}"
+        raise ConfigError(str(error).replace("this network", network)) from None

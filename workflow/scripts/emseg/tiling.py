@@ -60,11 +60,7 @@ def predict_slice(
     geometry: Geometry = model.geometry
     if padded.ndim != 2:
         raise ValueError(f"predict_slice needs a 2-D slice, got shape {padded.shape}")
-    if not geometry.is_valid(options.tile_size):
-        raise ValueError(
-            f"predict.tile_size {options.tile_size} is not a valid input size for this network;"
-            f" nearest valid sizes: {geometry.nearest_valid_sizes(options.tile_size)}"
-        )
+    geometry.require_valid(options.tile_size, "predict.tile_size")
     if min(padded.shape) <= 2 * geometry.margin:
         raise ValueError(
             f"slice {padded.shape} is not larger than twice the margin {geometry.margin}"

@@ -79,13 +79,7 @@ class TileSampler:
     ) -> None:
         if not shards:
             raise ValueError("train: no augmentation shards to draw training tiles from")
-        if not geometry.is_valid(tile_size):
-            below, above = geometry.nearest_valid_sizes(tile_size)
-            nearest = f"{below} or {above}" if below else str(above)
-            raise ValueError(
-                f"train.tile_size: {tile_size} is not a valid input size for this network;"
-                f" use {nearest}"
-            )
+        geometry.require_valid(tile_size, "train.tile_size")
         self.shards, self.geometry = shards, geometry
         self.tile, self.out = tile_size, geometry.output_size(tile_size)
         self.batch_size, self.seed = batch_size, seed

@@ -75,6 +75,15 @@ class Geometry:
         size = max(size, 2 * self.margin + 1, 1)
         return size + (self.residue - size) % self.multiple
 
+    def require_valid(self, input_size: int, key: str) -> None:
+        """Raise ValueError naming the config `key` and the nearest valid sizes."""
+        if not self.is_valid(input_size):
+            below, above = self.nearest_valid_sizes(input_size)
+            nearest = f"{below} or {above}" if below else str(above)
+            raise ValueError(
+                f"{key}: {input_size} is not a valid input size for this network; use {nearest}"
+            )
+
     def nearest_valid_sizes(self, size: int) -> tuple[int | None, int]:
         """The closest valid sizes below and above `size`, for error messages."""
         above = self._first_valid_at_or_above(size)
