@@ -20,6 +20,7 @@ include: "workflow/rules/predict.smk"
 
 localrules:
     all,
+    download_isbi2012,
     split_slices,
     isbi_submission,
 

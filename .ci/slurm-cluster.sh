@@ -6,7 +6,7 @@
 #   .ci/slurm-cluster.sh stop    # stop exactly the daemons `start` started, by their pids
 #
 # Needs root and `apt-get install slurmctld slurmd slurm-client munge`. State, logs and pid files
-# live in $EMSEG_SLURM_DIR (default /tmp/emseg-slurm); the single partition is $EMSEG_SLURM_PARTITION
+# live in $EMSEG_SLURM_DIR (default /tmp/emseg-slurm); the one partition is $EMSEG_SLURM_PARTITION
 # (default debug). A slurm.conf that this script did not write is never touched.
 set -euo pipefail
 
