@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+import tifffile
 import torch
 
 from emseg.checkpoint import load_checkpoint
@@ -87,3 +88,20 @@ def test_killed_augmentation_leaves_no_shard_that_passes_for_complete(tmp_path: 
     again = snakemake(tmp_path, target, "results/augment/slice0.json", config=config)
     assert again.returncode == 0, again.stderr[-3000:]
     open_shards([tmp_path / "results/augment/slice4.npy"], [tmp_path / target])
+
+
+def test_killed_prediction_leaves_no_stack_that_passes_for_complete(tmp_path: Path) -> None:
+    config = write_config(
+        tmp_path,
+        {"data": {"synthetic": {"test_slices": 40}}, "predict": {"tta": True, "batch_size": 1}},
+    )
+    prob = RUN / "predict" / "test_membrane_prob.tif"
+    _kill_when(_start(tmp_path, config, str(prob)),
+               tmp_path / "results/logs/predict_tiny_fold0_seed0_test.log")  # fmt: skip
+    if (tmp_path / prob).exists():  # only a whole stack may stand under the final name
+        assert tifffile.imread(tmp_path / prob).shape == (40, 72, 72)
+    assert snakemake(tmp_path, "--unlock", config=config).returncode == 0
+    again = snakemake(tmp_path, str(prob), config=config)
+    assert again.returncode == 0, again.stderr[-3000:]
+    stack = tifffile.imread(tmp_path / prob)
+    assert stack.shape == (40, 72, 72) and stack.dtype == "float32"

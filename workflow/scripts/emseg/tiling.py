@@ -66,7 +66,7 @@ def predict_slice(
             f"slice {padded.shape} is not larger than twice the margin {geometry.margin}"
         )
     transforms = range(8) if options.tta else range(1)
-    total = np.zeros(tuple(s - 2 * geometry.margin for s in padded.shape), dtype=np.float64)
+    total = np.zeros(tuple(s - 2 * geometry.margin for s in padded.shape), dtype=np.float32)
     limit = _BatchLimit(max(1, options.batch_size))
     was_training = model.training
     model.eval()
@@ -76,7 +76,9 @@ def predict_slice(
             total += _dihedral_inverse(_predict_view(model, view, options, device, limit), k)
     finally:
         model.train(was_training)
-    return (total / len(transforms)).astype(np.float32)
+    if len(transforms) > 1:
+        total /= len(transforms)
+    return total
 
 
 def _predict_view(
@@ -111,18 +113,14 @@ def _predict_overlap_tile(
     height, width = (s - 2 * margin for s in padded.shape)
     ys, xs = range(0, height, stride), range(0, width, stride)
     need_h, need_w = ys[-1] + tile, xs[-1] + tile
-    image = np.pad(
-        padded,
-        ((0, max(0, need_h - padded.shape[0])), (0, max(0, need_w - padded.shape[1]))),
-        mode="reflect" if min(padded.shape) > 1 else "edge",
-    )
-    result = np.zeros((height, width), dtype=np.float32)
+    image = _grow(padded, need_h, need_w)
+    result = torch.zeros((height, width), dtype=torch.float32, device=device)
     corners = [(y, x) for y in ys for x in xs]
     for batch, probs in _run_batches(model, image, corners, tile, options, device, limit):
         for (y, x), prob in zip(batch, probs, strict=True):
             h, w = min(stride, height - y), min(stride, width - x)
             result[y : y + h, x : x + w] = prob[:h, :w]
-    return result
+    return result.cpu().numpy()
 
 
 def _predict_blended(
@@ -135,23 +133,28 @@ def _predict_blended(
     """Padded network: overlapping tiles averaged with a Gaussian importance window."""
     tile = options.tile_size
     height, width = image.shape
-    grown = np.pad(
-        image,
-        ((0, max(0, tile - height)), (0, max(0, tile - width))),
-        mode="reflect" if min(image.shape) > 1 else "edge",
-    )
+    grown = _grow(image, tile, tile)
     step = max(1, round(tile * (1.0 - options.overlap)))
     ys = _window_starts(grown.shape[0], tile, step)
     xs = _window_starts(grown.shape[1], tile, step)
-    window = _gaussian_window(tile)
-    total = np.zeros(grown.shape, dtype=np.float64)
-    weight = np.zeros(grown.shape, dtype=np.float64)
+    window = torch.from_numpy(_gaussian_window(tile)).to(device=device, dtype=torch.float32)
+    total = torch.zeros(grown.shape, dtype=torch.float32, device=device)
+    weight = torch.zeros(grown.shape, dtype=torch.float32, device=device)
     corners = [(y, x) for y in ys for x in xs]
     for batch, probs in _run_batches(model, grown, corners, tile, options, device, limit):
         for (y, x), prob in zip(batch, probs, strict=True):
             total[y : y + tile, x : x + tile] += prob * window
             weight[y : y + tile, x : x + tile] += window
-    return (total / weight)[:height, :width].astype(np.float32)
+    return total[:height, :width].div_(weight[:height, :width]).cpu().numpy()
+
+
+def _grow(image: np.ndarray, min_height: int, min_width: int) -> np.ndarray:
+    """Mirror-extend the bottom and right so the image is at least min_height x min_width."""
+    extra = (max(0, min_height - image.shape[0]), max(0, min_width - image.shape[1]))
+    if extra == (0, 0):
+        return image
+    mode = "reflect" if min(image.shape) > 1 else "edge"
+    return np.pad(image, ((0, extra[0]), (0, extra[1])), mode=mode)
 
 
 def _window_starts(length: int, tile: int, step: int) -> list[int]:
@@ -177,8 +180,11 @@ def _run_batches(
     options: TileOptions,
     device: torch.device,
     limit: _BatchLimit,
-) -> Iterator[tuple[list[tuple[int, int]], np.ndarray]]:
-    """Yield (corners, membrane probabilities) batch by batch; tiles are cut only when needed.
+) -> Iterator[tuple[list[tuple[int, int]], torch.Tensor]]:
+    """Yield (corners, membrane probabilities on `device`) batch by batch; tiles are cut lazily.
+
+    Probabilities stay on the device and are stitched there, so a GPU is not stalled by a copy
+    to the host after every batch.
 
     Out of memory, the same tiles are retried in batches half the size (down to one tile), so a
     batch size tuned on a larger GPU still finishes; `limit` remembers the size that fitted.
@@ -218,8 +224,8 @@ def _run_batch(
     tile: int,
     options: TileOptions,
     device: torch.device,
-) -> np.ndarray:
-    """Membrane probabilities (N, tile', tile') of the tiles at `batch`'s corners."""
+) -> torch.Tensor:
+    """Membrane probabilities (N, tile', tile'), float32 on `device`, of the tiles at `batch`."""
     autocast = (
         torch.autocast(device_type=device.type, dtype=torch.bfloat16)
         if options.amp and device.type == "cuda"
@@ -230,7 +236,7 @@ def _run_batch(
     inputs = torch.from_numpy(tiles).to(device=device, dtype=dtype).unsqueeze(1)
     with torch.inference_mode(), autocast:
         logits = model(inputs)
-    return torch.softmax(logits.float(), dim=1)[:, 1].cpu().numpy()
+    return torch.softmax(logits.float(), dim=1)[:, 1]
 
 
 def _release_memory(device: torch.device) -> None:
