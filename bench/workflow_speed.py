@@ -22,23 +22,7 @@ from bench.harness import REPO, Settings, Table, log, measure, measure_many
 TARGET_NOOP_S = 3.0
 
 # Small enough that the first, untimed run of the whole chain takes well under a minute.
-TINY: dict[str, Any] = {
-    "data": {
-        "source": "synthetic",
-        "synthetic": {"slices": 5, "test_slices": 2, "height": 72, "width": 72, "cell_size": 16.0},
-    },
-    "split": {"val_count": 2},
-    "augment": {"samples_per_slice": 2},
-    "model": {"name": "tiny", "base_channels": 4, "depth": 2, "norm": "batch"},
-    "train": {
-        "batch_size": 2,
-        "tile_size": 32,
-        "iterations": 6,
-        "val_every": 3,
-        "checkpoint_every": 2,
-    },
-    "predict": {"tile_size": 32, "batch_size": 4},
-}
+TINY: dict[str, Any] = yaml.safe_load((REPO / "config" / "tiny.yaml").read_text())
 
 
 def snakemake(
@@ -89,7 +73,7 @@ def run(settings: Settings) -> list[Table]:
             " median). Times include starting Python and Snakemake; the cases take turns, so"
             " load from other processes hits them alike.",
             "The last rows split the start-up: Snakemake's own, and what importing"
-            " emseg.models.geometry costs (common.smk does, and emseg.models imports torch).",
+            " emseg.models.geometry costs (common.smk does).",
         ],
     )
     repeats = 1 if settings.quick else max(settings.repeats, 5)

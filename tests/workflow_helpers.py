@@ -15,23 +15,7 @@ REPO = Path(__file__).resolve().parents[1]
 ISBI = REPO.parent / "shared" / "data" / "isbi2012"
 
 # Small enough that the whole chain runs in well under a minute on 2 cores.
-TINY: dict[str, Any] = {
-    "data": {
-        "source": "synthetic",
-        "synthetic": {"slices": 5, "test_slices": 2, "height": 72, "width": 72, "cell_size": 16.0},
-    },
-    "split": {"val_count": 2},
-    "augment": {"samples_per_slice": 2},
-    "model": {"name": "tiny", "base_channels": 4, "depth": 2, "norm": "batch"},
-    "train": {
-        "batch_size": 2,
-        "tile_size": 32,
-        "iterations": 6,
-        "val_every": 3,
-        "checkpoint_every": 2,
-    },
-    "predict": {"tile_size": 32, "batch_size": 4},
-}
+TINY: dict[str, Any] = yaml.safe_load((REPO / "config" / "tiny.yaml").read_text())
 
 
 def merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
