@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from emseg.download import DownloadError
+from emseg.errors import TrainingDiverged
 from emseg.io import InputError, OutputError
 from emseg.settings import ConfigError
-from emseg.training import TrainingDiverged
 
 LOG = logging.getLogger("emseg")
 EXPECTED_ERRORS = (InputError, OutputError, ConfigError, DownloadError, TrainingDiverged)

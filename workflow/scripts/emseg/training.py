@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from emseg.checkpoint import load_checkpoint, save_checkpoint
+from emseg.errors import TrainingDiverged
 from emseg.losses import build_loss
 from emseg.models import build_model
 from emseg.models.geometry import Geometry
@@ -31,10 +32,6 @@ from emseg.shards import IMAGE, LABEL, WEIGHT
 from emseg.tiling import TileOptions, predict_slice
 
 LOG = logging.getLogger("emseg")
-
-
-class TrainingDiverged(RuntimeError):
-    """The loss became NaN or infinite; the last good checkpoint is kept."""
 
 
 def select_device(name: str) -> torch.device:
