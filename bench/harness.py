@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import datetime
 import importlib.metadata
 import os
@@ -21,6 +22,7 @@ import numpy as np
 import psutil
 import torch
 import yaml
+from snakemake.utils import update_config
 
 REPO = Path(__file__).resolve().parents[1]
 NO_GPU = "not measured: no GPU"
@@ -205,13 +207,9 @@ def package_version(name: str) -> str | None:
 
 
 def merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
-    """Nested dict merge, the way Snakemake merges --configfile files."""
-    merged = dict(base)
-    for key, value in override.items():
-        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
-            merged[key] = merge(merged[key], value)
-        else:
-            merged[key] = value
+    """`override` merged into a copy of `base`, by Snakemake's own rule for config files."""
+    merged = copy.deepcopy(dict(base))
+    update_config(merged, copy.deepcopy(dict(override)))
     return merged
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import os
 import subprocess
 import sys
@@ -10,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from snakemake.utils import update_config
 
 REPO = Path(__file__).resolve().parents[1]
 ISBI = REPO.parent / "shared" / "data" / "isbi2012"
@@ -19,12 +21,9 @@ TINY: dict[str, Any] = yaml.safe_load((REPO / "config" / "tiny.yaml").read_text(
 
 
 def merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
-    merged = dict(base)
-    for key, value in override.items():
-        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
-            merged[key] = merge(merged[key], value)
-        else:
-            merged[key] = value
+    """`override` merged into a copy of `base`, by Snakemake's own rule for config files."""
+    merged = copy.deepcopy(dict(base))
+    update_config(merged, copy.deepcopy(dict(override)))
     return merged
 
 
