@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import io
 from collections.abc import Mapping, Sequence
 from html import escape
@@ -80,8 +81,6 @@ def _table(frame: pd.DataFrame) -> str:
 
 def render_comparison(table: pd.DataFrame) -> str:
     """The comparison page: per-model spread, the distribution plot and every run."""
-    import base64
-
     plot = base64.b64encode(distribution_png(table)).decode()
     body = (
         "<header><h1>emseg: model comparison</h1>"

@@ -8,7 +8,6 @@ identical input -- the report stays reproducible.
 from __future__ import annotations
 
 import io
-import os
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +16,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from PIL import Image
+
+from emseg.io import atomic_path
 
 FALSE_MEMBRANE_RGB = (255, 0, 255)
 """Overlay colour for predicted membrane where the label says cell (magenta)."""
@@ -172,7 +173,6 @@ def learning_curves_png(train_log: pd.DataFrame) -> bytes:
 
 def plot_learning_curves(train_log: pd.DataFrame, out_png: Path) -> None:
     """Write the learning-curve PNG atomically so a killed job never leaves a truncated figure."""
-    out_png = Path(out_png)
-    tmp = out_png.with_name(out_png.name + ".tmp")
-    tmp.write_bytes(learning_curves_png(train_log))
-    os.replace(tmp, out_png)
+    png = learning_curves_png(train_log)
+    with atomic_path(out_png) as tmp:
+        tmp.write_bytes(png)
