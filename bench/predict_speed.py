@@ -80,7 +80,8 @@ def _slice(image: np.ndarray, size: int, margin: int) -> np.ndarray:
 def _options(case: Case, device: torch.device) -> TileOptions:
     """As the predict rule does: bf16 autocast on CUDA."""
     o = case.options
-    return TileOptions(o.tile_size, o.batch_size, o.overlap, o.tta, amp=device.type == "cuda")
+    autocast = torch.bfloat16 if device.type == "cuda" else None
+    return TileOptions(o.tile_size, o.batch_size, o.overlap, o.tta, autocast=autocast)
 
 
 def _throughput_row(

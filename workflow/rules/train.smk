@@ -9,6 +9,7 @@ rule train:
         records=shard_records,
         images=padded("labelled"),
         labels=PRE / "labels.tif",
+        normalization=PRE / "normalization.json",
         split=DATA / "split.json",
     output:
         model=RUN / "model.pt",

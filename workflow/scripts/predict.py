@@ -6,9 +6,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from emseg.checkpoint import load_checkpoint
 from emseg.io import read_stack, write_stack
-from emseg.models import build_model
+from emseg.model_file import load_model_file
 from emseg.progress import progress
 from emseg.runner import LOG, run_rule
 from emseg.tiling import TileOptions, predict_slice
@@ -20,16 +19,13 @@ def main(snakemake: Any) -> None:
     device = select_device(spec["device"])
     if device.type == "cpu":
         torch.set_num_threads(max(1, snakemake.threads))
-    state = load_checkpoint(Path(snakemake.input.model))
-    model = build_model(state["model_spec"])
-    model.load_state_dict(state["model"])
-    model.to(device)
+    model = load_model_file(Path(snakemake.input.model)).build(device)
     options = TileOptions(
         tile_size=int(spec["tile_size"]),
         batch_size=int(spec["batch_size"]),
         overlap=float(spec["overlap"]),
         tta=bool(spec["tta"]),
-        amp=device.type == "cuda",
+        autocast=torch.bfloat16 if device.type == "cuda" else None,
     )
     padded = read_stack(snakemake.input.images)
     if snakemake.params.slices is not None:  # the fold's held-out slices of the labelled stack

@@ -6,9 +6,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from emseg.checkpoint import save_checkpoint
-from emseg.io import atomic_path, read_stack, write_json
+from emseg.io import atomic_path, read_json, read_stack, write_json
+from emseg.model_file import save_model_file
 from emseg.plots import plot_learning_curves
+from emseg.preprocess import Normalization
 from emseg.runner import LOG, run_rule
 from emseg.shards import open_shards
 from emseg.training import TrainSettings, ValidationSet, train
@@ -43,13 +44,13 @@ def main(snakemake: Any) -> None:
         table.to_csv(tmp, index=False)
     plot_learning_curves(table, Path(snakemake.output.curve))
     write_json(snakemake.output.summary, summary)
-    save_checkpoint(
+    save_model_file(
         Path(snakemake.output.model),
-        {
-            "model": model.state_dict(),
-            "model_spec": dict(snakemake.params.model),
-            "config_hash": snakemake.params.config_hash,
-        },
+        model,
+        spec=snakemake.params.model,
+        normalization=Normalization.from_dict(read_json(snakemake.input.normalization)),
+        train_tile_size=int(snakemake.params.train["tile_size"]),
+        config_hash=snakemake.params.config_hash,
     )
 
 

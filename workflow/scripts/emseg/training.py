@@ -197,7 +197,8 @@ def train(
     val_options = TileOptions(
         tile_size=int(cfg["tile_size"]),
         batch_size=int(cfg["batch_size"]),
-        amp=amp_dtype is not None,
+        autocast=amp_dtype,
+        channels_last=device.type == "cuda",
     )
 
     last, best = settings.checkpoint_dir / "last.pt", settings.checkpoint_dir / "best.pt"
