@@ -296,16 +296,30 @@ def _frame_indices(
     return indices[0], indices[1]
 
 
-def _read_box(source: SliceInput, views: list[_View]) -> tuple[np.ndarray, tuple[int, int]]:
-    """Read once the source rectangle that every view's tiles need; returns it and its corner."""
+def source_box(
+    geometry: Geometry, source: SliceInput, region: Region, options: TileOptions
+) -> Region:
+    """The source rectangle (r0, r1, c0, c1) that `predict_region` reads for `region`.
+
+    Block-wise prediction reads it ahead of time (in one call, for all of a block's slices).
+    """
+    views = [_View.plan(geometry, source, region, options, k) for k in _transforms(options)]
+    return _box_bounds(views)
+
+
+def _box_bounds(views: list[_View]) -> Region:
     lows, highs = [np.inf, np.inf], [-np.inf, -np.inf]
     for view in views:
         for a, (axis, _) in enumerate(view.axes):
             lows[axis] = min(lows[axis], int(view.indices[a].min()))
             highs[axis] = max(highs[axis], int(view.indices[a].max()) + 1)
-    r0, c0 = int(lows[0]), int(lows[1])
-    box = source.read(slice(r0, int(highs[0])), slice(c0, int(highs[1])))
-    return box, (r0, c0)
+    return int(lows[0]), int(highs[0]), int(lows[1]), int(highs[1])
+
+
+def _read_box(source: SliceInput, views: list[_View]) -> tuple[np.ndarray, tuple[int, int]]:
+    """Read once the source rectangle that every view's tiles need; returns it and its corner."""
+    r0, r1, c0, c1 = _box_bounds(views)
+    return source.read(slice(r0, r1), slice(c0, c1)), (r0, c0)
 
 
 def _take(indices: np.ndarray) -> slice | np.ndarray:

@@ -1,0 +1,105 @@
+"""The `apply:` config section: which volumes to segment with which models, checked before any job.
+
+Each entry of `apply.volumes` names an input volume and inherits every other key from `apply:`
+(model, normalisation, block and chunk sizes, outputs), which it may override. A model is a run of
+this workflow's grid (`name/fold<k>/seed<s>`, trained first if needed) or a model file; a list
+averages several (a fold ensemble). Planning reads the volume's header only, so the number of
+jobs is known to Snakemake before anything runs.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from emseg.blocks import BlockGrid, check_block_shape, job_count
+from emseg.dataset import MIN_SIDE
+from emseg.io import InputError
+from emseg.settings import ConfigError
+from emseg.volume import open_volume, volume_file
+
+RUN_REFERENCE = re.compile(r"^(?P<name>[^/\s]+)/fold(?P<fold>\d+)/seed(?P<seed>\d+)$")
+
+
+def apply_volumes(
+    config: Mapping[str, Any], runs: Sequence[str], folds: int, seeds: Sequence[int], runs_dir: Path
+) -> dict[str, dict[str, Any]]:
+    """Every configured volume's settings, with its model files and planned job count."""
+    section = dict(config.get("apply") or {})
+    volumes = section.pop("volumes", None) or {}
+    planned = {}
+    for name, entry in volumes.items():
+        key = f"apply.volumes.{name}"
+        settings = {**section, **(entry or {})}
+        if not settings.get("input"):
+            raise ConfigError(
+                f"{key}.input: required (a TIFF, a folder of slices, a zarr or file.h5:/path)"
+            )
+        _refuse_braces(f"{key}.input", str(settings["input"]))
+        settings["models"] = _model_files(settings.get("model"), key, runs, folds, seeds, runs_dir)
+        try:
+            check_block_shape(tuple(settings["block"]), tuple(settings["chunks"]))
+        except ValueError as error:
+            raise ConfigError(str(error)) from None
+        settings |= _header(settings["input"], f"{key}.input")
+        grid = BlockGrid(tuple(settings["shape"]), tuple(settings["block"]))
+        settings["blocks"] = len(grid)
+        settings["jobs"] = job_count(len(grid), int(settings["blocks_per_job"]))
+        planned[name] = settings
+    return planned
+
+
+def _header(spec: str, key: str) -> dict[str, Any]:
+    """Shape and file of a volume, from its header; unreadable or too small names the key."""
+    try:
+        volume = open_volume(spec)
+    except InputError as error:
+        raise ConfigError(f"{key}: {error}") from None
+    _, height, width = volume.shape
+    if min(height, width) < MIN_SIDE:
+        raise ConfigError(
+            f"{key}: {volume.name}: slices of {height} x {width} px are too small; the networks"
+            f" need at least {MIN_SIDE} x {MIN_SIDE} px"
+        )
+    return {"shape": list(volume.shape), "input_file": str(volume_file(spec))}
+
+
+def _model_files(
+    value: Any, key: str, runs: Sequence[str], folds: int, seeds: Sequence[int], runs_dir: Path
+) -> list[str]:
+    """Model files for a run reference, a path, or a list of them; empty means the first run."""
+    entries = value if isinstance(value, list) else [value]
+    entries = [str(entry) for entry in entries if entry not in (None, "")]
+    if not entries:
+        entries = [f"{runs[0]}/fold0/seed{seeds[0]}"]
+    files = []
+    for entry in entries:
+        run = RUN_REFERENCE.match(entry)
+        if run and not Path(entry).expanduser().exists():
+            name, fold, seed = run["name"], int(run["fold"]), int(run["seed"])
+            if name not in runs or fold >= folds or seed not in seeds:
+                known = f"{runs[0]}/fold0/seed{seeds[0]}"
+                raise ConfigError(
+                    f"{key}.model: run {entry!r} is not in this config's grid (e.g. {known});"
+                    " give a run of models:/cv: or the path of a model.pt"
+                )
+            files.append(str(runs_dir / name / f"fold{fold}" / f"seed{seed}" / "model.pt"))
+            continue
+        path = Path(entry).expanduser()
+        _refuse_braces(f"{key}.model", entry)
+        if not path.is_file():
+            raise ConfigError(
+                f"{key}.model: {entry} does not exist (a model.pt or name/fold0/seed0)"
+            )
+        files.append(str(path))
+    return files
+
+
+def _refuse_braces(key: str, value: str) -> None:
+    if "{" in value or "}" in value:
+        raise ConfigError(
+            f"{key}: {value!r} holds braces, which Snakemake reads as wildcards;"
+            " rename the folder or file"
+        )
