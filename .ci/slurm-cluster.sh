@@ -80,7 +80,12 @@ start_daemon() { # start_daemon NAME PIDFILE COMMAND...: run it, record its pid
 start() {
     [ "$(id -u)" = 0 ] || die "must run as root"
     command -v slurmctld >/dev/null || die "slurmctld is not installed"
-    [ ! -s "$PIDS" ] || die "already started ($PIDS exists); run '$0 stop' first"
+    if [ -s "$PIDS" ]; then
+        # A cluster from an earlier start (or one killed before its stop ran): its daemons would
+        # hold the ports, so stop what it recorded and start afresh.
+        echo "slurm-cluster: stopping the cluster an earlier start left behind"
+        stop
+    fi
     if [ -e "$CONF" ] && ! grep -qxF "$MARK" "$CONF"; then
         die "$CONF exists and was not written by this script; leaving it alone"
     fi
