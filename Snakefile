@@ -16,10 +16,14 @@ include: "workflow/rules/preprocess.smk"
 include: "workflow/rules/augment.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/predict.smk"
+include: "workflow/rules/export.smk"
+include: "workflow/rules/apply.smk"
+include: "workflow/rules/segment.smk"
 
 
 localrules:
     all,
+    apply,
     download_isbi2012,
     split_slices,
     isbi_submission,

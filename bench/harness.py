@@ -39,6 +39,7 @@ class Settings:
     warmup: int
     threads: int
     time_to_quality: bool = False
+    apply_slices: int | None = None  # timed slices of the apply benchmark (None: all)
 
     @property
     def gpu(self) -> torch.device | None:

@@ -4,9 +4,11 @@
     python bench/run.py --quick              # each benchmark once at a tiny size (smoke test)
     python bench/run.py --only metrics --only augmentation --json out.json
     python bench/run.py --only quality --time-to-quality   # the default workflow on ISBI (long)
+    python bench/run.py --only apply --apply-slices 16     # block-wise volumes, a quarter timed
 
-Peers (monai, elasticdeform, scikit-image) come from `pip install -e '.[bench]'`; a missing one
-turns its rows into 'not installed'. Without a GPU the GPU rows say 'not measured: no GPU'.
+Peers (monai, elasticdeform, scikit-image, torch-em) come from `pip install -e '.[bench]'`; a
+missing one turns its rows into 'not installed'. Without a GPU the GPU rows say 'not measured: no
+GPU'.
 """
 
 from __future__ import annotations
@@ -31,10 +33,13 @@ sys.path[0:1] = [str(REPO), str(REPO / "workflow" / "scripts")]  # not bench/: n
 import torch  # noqa: E402
 
 from bench import (  # noqa: E402
+    apply_speed,
     augment_speed,
     metric_speed,
+    precision_speed,
     predict_speed,
     quality,
+    recipe,
     train_speed,
     workflow_speed,
 )
@@ -43,10 +48,13 @@ from bench.harness import Settings, Table, log, machine_info  # noqa: E402
 BENCHMARKS = {
     "training": train_speed.run,
     "prediction": predict_speed.run,
+    "precision": precision_speed.run,
+    "recipe": recipe.run,
     "augmentation": augment_speed.run,
     "metrics": metric_speed.run,
     "workflow": workflow_speed.run,
     "quality": quality.run,
+    "apply": apply_speed.run,
 }
 
 
@@ -74,9 +82,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="run the default workflow on ISBI 2012 (EMSEG_ISBI_MIRROR) and score it; with"
         " --quick a tiny synthetic variant",
     )
+    parser.add_argument(
+        "--apply-slices",
+        type=int,
+        help="apply: time only this many of the volume's 64 slices (whole jobs, spread evenly)",
+    )
     args = parser.parse_args(argv)
-    if args.repeats < 1 or args.threads < 1:
-        parser.error("--repeats and --threads must be >= 1")
+    if args.repeats < 1 or args.threads < 1 or (args.apply_slices or 1) < 1:
+        parser.error("--repeats, --threads and --apply-slices must be >= 1")
     return args
 
 
@@ -88,6 +101,7 @@ def main(argv: list[str] | None = None) -> int:
         warmup=0 if args.quick else 1,
         threads=args.threads,
         time_to_quality=args.time_to_quality,
+        apply_slices=args.apply_slices,
     )
     torch.set_num_threads(settings.threads)
     record = {

@@ -13,18 +13,24 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from emseg.blockwise import Member
 from emseg.metrics import rand_info_scores
 from emseg.models import build_model
+from emseg.preprocess import Normalization
+from emseg.tiling import TileOptions
 
+CPU = torch.device("cpu")
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench.apply_speed import _halo  # noqa: E402
 from bench.metric_speed import (  # noqa: E402
     emseg_scores,
     segmentations,
     skimage_scores,
     skimage_table_rand,
 )
+from bench.torch_em_peer import import_predict_with_halo, run_predict_with_halo  # noqa: E402
 from bench.train_speed import conv_flops  # noqa: E402
 
 TITLES = [
@@ -33,11 +39,20 @@ TITLES = [
     "### Training throughput",
     "### Prediction throughput",
     "### Tiling overhead and MONAI sliding_window_inference",
+    "### CPU matmul rates by precision",
+    "### Training step by precision and memory format",
+    "### Prediction by precision and memory format",
+    "### Paper recipe: the loss along the gradient at initialisation",
+    "### Paper recipe: 5 SGD steps at 4 channels",
     "### Augmentation of one",
     "### V_rand and V_info of one",
     "### V_rand / V_info agreement with scikit-image",
     "### Workflow overhead",
     "### Time to quality",
+    "### Block-wise application throughput",
+    "### Block-wise outputs against whole-slice predict_slice",
+    "### Peak memory of one apply_blocks job",
+    "### Planning (snakemake -n apply",
 ]
 
 
@@ -49,7 +64,7 @@ def run_bench(tmp_path: Path, *args: str) -> tuple[subprocess.CompletedProcess[s
         text=True,
         cwd=tmp_path,
         env={**os.environ, "OMP_NUM_THREADS": "1"},
-        timeout=300,
+        timeout=600,  # every quick benchmark, on a loaded 2-core machine
         check=False,
     )
     assert result.returncode == 0, result.stderr[-3000:]
@@ -69,13 +84,19 @@ def test_quick_run_prints_every_table_and_records_the_machine(tmp_path: Path) ->
     assert set(record["benchmarks"]) == {
         "training",
         "prediction",
+        "precision",
+        "recipe",
         "augmentation",
         "metrics",
         "workflow",
         "quality",
+        "apply",
     }
     for name, bench in record["benchmarks"].items():
         assert bench["tables"] and all(table["rows"] for table in bench["tables"]), name
+    agreement = record["benchmarks"]["apply"]["tables"][1]["rows"]
+    emseg = [row for row in agreement if row["output"].startswith("emseg")]
+    assert len(emseg) == 2 and all(row["max diff (uint8 levels)"] <= 1 for row in emseg)
     if not torch.cuda.is_available():
         assert "not measured: no GPU" in result.stdout
 
@@ -119,3 +140,46 @@ def test_rand_and_information_scores_match_skimage_where_definitions_agree() -> 
         assert ours[name] == pytest.approx(theirs[name], abs=1e-2)
     for name in ("H(T|S) bits", "H(S|T) bits"):
         assert ours[name] == pytest.approx(theirs[name], abs=1e-12)
+
+
+TINY_SAME = {"arch": "unet", "padding": "same", "base_channels": 3, "depth": 2, "norm": "batch"}
+
+
+def _member(tile: int) -> Member:
+    torch.manual_seed(0)
+    model = build_model(TINY_SAME).eval()
+    return Member(model, Normalization(10.0, 240.0, 1.0, 99.0), TileOptions(tile, 2, 0.25))
+
+
+def test_torch_em_peer_predicts_each_block_plus_halo_in_one_pass() -> None:
+    predict_with_halo, note = import_predict_with_halo()
+    if predict_with_halo is None:
+        pytest.skip(note)
+    torch.set_num_threads(1)
+    member = _member(32)
+    volume = np.random.default_rng(1).integers(0, 256, (3, 64, 96), dtype=np.uint8)
+    output = np.zeros(volume.shape, np.uint8)
+    block, halo = (1, 32, 48), 16
+    run_predict_with_halo(
+        predict_with_halo, volume, output, member, block, (0, halo, halo), range(1, 3), CPU
+    )
+    assert not output[0].any()  # outside the slices asked for
+    for z in (1, 2):
+        padded = np.pad(member.normalization.apply(volume[z]), halo, mode="reflect")
+        for y in (0, 32):
+            for x in (0, 48):
+                window = padded[y : y + 32 + 2 * halo, x : x + 48 + 2 * halo]
+                with torch.no_grad():
+                    logits = member.model(torch.from_numpy(window)[None, None])
+                prob = torch.softmax(logits, dim=1)[0, 1, halo:-halo, halo:-halo].numpy()
+                got = output[z, y : y + 32, x : x + 48].astype(int)
+                assert np.abs(got - np.rint(prob * 255)).max() <= 1
+    standin = sys.modules.get("torchvision")  # the stand-in (no file) is gone after the import
+    assert standin is None or getattr(standin, "__file__", None)
+
+
+def test_halo_is_the_context_emseg_reads_beyond_a_block() -> None:
+    member = _member(512)
+    # tiles of 512 every 384 px: a block edge at 1024 is straddled by the tile at 768 (or 1152)
+    assert _halo(member, (1, 2048, 2048), (1, 1024, 1024)) == 256
+    assert _halo(member, (1, 2048, 2048), (1, 2048, 2048)) == 0  # the whole slice: no neighbours

@@ -224,14 +224,12 @@ def test_single_proposal_segment() -> None:
     assert scores.vinfo_merge == 0.0 and scores.vinfo == 0.0
 
 
-def test_empty_proposal_makes_every_pixel_a_singleton() -> None:
+def test_all_membrane_proposal_is_one_segment_as_in_fiji() -> None:
+    # Fiji's flooding finds no basin, so the whole boundary level becomes one new minimum.
     label = grid_membrane()
-    t = cell_sizes(label)
-    n = t.sum()
-    scores = isbi_scores(np.ones(label.shape), label, 0.5)
-    assert scores.vrand_merge == 1.0 and scores.vinfo_merge == 1.0
-    assert scores.vrand_split == pytest.approx(n / (t**2).sum())
-    assert scores.vinfo_split == pytest.approx(entropy(t) / np.log(n))
+    np.testing.assert_array_equal(thinned_proposal(np.zeros(label.shape, bool)), 1)
+    everything = isbi_scores(np.ones(label.shape), label, 0.5)
+    assert everything == isbi_scores(np.zeros(label.shape), label, 0.5)
 
 
 def test_pixel_scores_by_hand() -> None:
@@ -294,6 +292,8 @@ def test_score_stack_finds_the_designed_threshold() -> None:
         "iou",
         *SCORE_NAMES,
         "threshold",
+        "vinfo_threshold",
+        "vinfo_at_vrand_threshold",
     ]
 
 

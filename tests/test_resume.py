@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -14,29 +13,13 @@ import torch
 
 from emseg.checkpoint import load_checkpoint
 from emseg.shards import open_shards
-from workflow_helpers import REPO, snakemake, write_config
+from workflow_helpers import snakemake, start_snakemake, write_config
 
 RUN = Path("results/runs/tiny/fold0/seed0")
 LONGER = {
     "model": {"dropout": 0.2},
     "train": {"iterations": 60, "checkpoint_every": 4, "val_every": 30},
 }
-
-
-def _start(folder: Path, config: Path, *targets: str) -> subprocess.Popen[str]:
-    """Snakemake in its own process group, so that a kill reaches every job it started."""
-    command = [
-        sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(folder),
-        "--cores", "1", *targets, "--configfile", str(REPO / "config.yaml"), str(config),
-    ]  # fmt: skip
-    return subprocess.Popen(
-        command,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        text=True,
-        start_new_session=True,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-    )
 
 
 def _kill_when(process: subprocess.Popen[str], path: Path, timeout: float = 300) -> None:
@@ -59,7 +42,7 @@ def test_killed_training_resumes_and_ends_with_the_uninterrupted_weights(tmp_pat
     assert done.returncode == 0, done.stderr[-3000:]
 
     config = write_config(killed, LONGER)
-    _kill_when(_start(killed, config, model), killed / RUN / "checkpoints" / "last.pt")
+    _kill_when(start_snakemake(killed, config, model), killed / RUN / "checkpoints" / "last.pt")
     step = load_checkpoint(killed / RUN / "checkpoints" / "last.pt")["step"]
     assert 0 < step < 60
     assert not (killed / RUN / "model.pt").exists()
@@ -80,7 +63,7 @@ def test_killed_training_resumes_and_ends_with_the_uninterrupted_weights(tmp_pat
 def test_killed_augmentation_leaves_no_shard_that_passes_for_complete(tmp_path: Path) -> None:
     config = write_config(tmp_path, {"augment": {"samples_per_slice": 40}})
     target = "results/augment/slice4.json"
-    _kill_when(_start(tmp_path, config, target, "results/augment/slice0.json"),
+    _kill_when(start_snakemake(tmp_path, config, target, "results/augment/slice0.json"),
                tmp_path / "results/augment/slice0.json")  # fmt: skip
     for record in (tmp_path / "results/augment").glob("*.json"):  # a record marks a whole shard
         open_shards([record.with_suffix(".npy")], [record])
@@ -96,7 +79,7 @@ def test_killed_prediction_leaves_no_stack_that_passes_for_complete(tmp_path: Pa
         {"data": {"synthetic": {"test_slices": 40}}, "predict": {"tta": True, "batch_size": 1}},
     )
     prob = RUN / "predict" / "test_membrane_prob.tif"
-    _kill_when(_start(tmp_path, config, str(prob)),
+    _kill_when(start_snakemake(tmp_path, config, str(prob)),
                tmp_path / "results/logs/predict_tiny_fold0_seed0_test.log")  # fmt: skip
     if (tmp_path / prob).exists():  # only a whole stack may stand under the final name
         assert tifffile.imread(tmp_path / prob).shape == (40, 72, 72)

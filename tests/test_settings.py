@@ -13,6 +13,7 @@ import pytest
 import tifffile
 import yaml
 from PIL import Image
+from snakemake.utils import update_config
 
 from emseg.io import write_stack
 from emseg.settings import (
@@ -25,6 +26,7 @@ from emseg.settings import (
     describe_schema_error,
     isbi_mirror,
     labelled_slice_count,
+    run_settings,
     validation_slices,
 )
 
@@ -175,6 +177,19 @@ def test_invalid_predict_tile_size_for_padded_net(config: dict[str, Any]) -> Non
     message = raises_for(config, "predict.tile_size")
     assert "496" in message
     assert "512" in message
+
+
+def test_compare_config_gives_each_network_its_own_predict_tile(config: dict[str, Any]) -> None:
+    """config/compare.yaml mixes the unpadded U-Net (572 px tiles) with padded networks (512)."""
+    compare = copy.deepcopy(config)
+    update_config(compare, yaml.safe_load((ROOT / "config" / "compare.yaml").read_text()))
+    jsonschema.Draft202012Validator(yaml.safe_load(SCHEMA.read_text())).validate(compare)
+    check_config(compare)
+    tiles = {name: run["predict"]["tile_size"] for name, run in run_settings(compare).items()}
+    assert tiles == {"unet16": 512, "unet-paper16": 572, "fcn16": 512, "vnet16": 512}
+    assert validation_slices(compare) == [25, 26, 27, 28, 29]
+    del compare["models"]["unet-paper16"]["predict"]
+    assert "508 or 524" in raises_for(compare, "models.unet-paper16.predict.tile_size")
 
 
 def test_unusable_model_spec_names_model(config: dict[str, Any]) -> None:

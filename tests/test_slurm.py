@@ -19,9 +19,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import yaml
+import zarr
 
+from volume_helpers import random_stack, write_model, write_zarr
 from workflow_helpers import REPO, jobs_planned, merge, snakemake, write_config
 
 pytestmark = pytest.mark.slow
@@ -297,3 +300,79 @@ def start_now(job_id: str) -> None:
         assert time.monotonic() < deadline, f"job {job_id} was not requeued"
         time.sleep(0.2)
     slurm("scontrol", "update", f"JobId={job_id}", "StartTime=now")
+
+
+def apply_section(folder: Path) -> dict[str, Any]:
+    """A volume of 2 x 48 x 64 voxels in blocks of 32 px: 8 blocks, 4 jobs of 2; no cells.
+
+    The cells' jobs (tests/test_apply.py) run the same way; leaving them out keeps the sbatch
+    round trips, seconds each, to the probability's six.
+    """
+    model = write_model(folder / "model.pt")
+    write_zarr(folder / "volume.zarr", random_stack((2, 48, 64)))
+    return {
+        "model": str(model),
+        "block": [1, 32, 32],
+        "chunks": [1, 16, 16],
+        "blocks_per_job": 2,
+        "threads": 1,
+        "segment": False,
+        "volumes": {"vol": {"input": str(folder / "volume.zarr")}},
+    }
+
+
+def test_an_applied_volume_runs_as_sbatch_jobs_and_equals_the_local_run(
+    profile: Path, tmp_path: Path
+) -> None:
+    apply = apply_section(tmp_path)
+    stores = {}
+    for name, extra in (("cluster", ["--profile", str(profile)]), ("local", [])):
+        folder = tmp_path / name
+        folder.mkdir()
+        config = write_config(folder, {**CPU_ONLY, "apply": apply})
+        result = snakemake(folder, "apply", *extra, config=config, timeout=900)
+        assert result.returncode == 0, text(result)[-5000:]
+        stores[name] = folder / "results/apply/vol/vol.ome.zarr"
+        if name == "cluster":
+            jobs = submissions(text(result))
+            assert sorted(jobs.values()) == ["apply_blocks"] * 4 + ["apply_finish", "apply_prepare"]
+            log = controller_log()
+            assert all(exit_status(log, job_id) == 0 for job_id in jobs)
+    for level in ("0", "1", "labels/mask/0"):
+        cluster = zarr.open_array(stores["cluster"] / level, mode="r")[:]
+        np.testing.assert_array_equal(
+            cluster, zarr.open_array(stores["local"] / level, mode="r")[:]
+        )
+
+
+def test_block_jobs_ask_slurm_for_a_gpu(profile: Path, tmp_path: Path) -> None:
+    """With predict.device auto, the real profile's sbatch call for a block job asks for a GPU."""
+    apply = apply_section(tmp_path)
+    config = write_config(tmp_path, {**CPU_ONLY, "apply": apply})
+    prepared = snakemake(
+        tmp_path, "results/apply/vol/plan.json", "--profile", str(profile), config=config
+    )
+    assert prepared.returncode == 0, text(prepared)[-3000:]
+    settings = without_account(real_profile())
+    settings["slurm-init-seconds-before-status-checks"] = 2
+    gpu_profile = write_profile(tmp_path / "gpu-profile", settings)
+    config = write_config(tmp_path, {**CPU_ONLY, "predict": {"device": "auto"}, "apply": apply})
+    result = snakemake(
+        tmp_path,
+        "results/apply/vol/jobs/0.json",
+        "--profile",
+        str(gpu_profile),
+        "--cores",
+        str(settings["cores"]),
+        config=config,
+        timeout=300,
+    )
+    assert result.returncode != 0, "a GPU job cannot be placed on this cluster"
+    calls = re.findall(r"^\s*(sbatch --parsable .*)$", text(result), re.MULTILINE)
+    assert calls, text(result)[-3000:]
+    call = calls[0].split()
+    assert "--gpus=1" in call
+    assert (
+        call[call.index("-p") + 1] == settings["set-resources"]["apply_blocks"]["slurm_partition"]
+    )
+    assert f"--cpus-per-task={settings['set-threads']['apply_blocks']}" in call

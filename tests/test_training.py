@@ -18,12 +18,17 @@ import numpy as np
 import pytest
 import torch
 
+from emseg import precision as precision_module
+from emseg import training
 from emseg.checkpoint import load_checkpoint, save_checkpoint
 from emseg.io import InputError
+from emseg.models import build_model
 from emseg.models.geometry import geometry_for
+from emseg.precision import native_bf16_feature
 from emseg.preprocess import mirror_pad
 from emseg.shards import open_shards, write_shard
 from emseg.synthetic import synthetic_stack
+from emseg.tiling import TileOptions, predict_slice
 from emseg.training import (
     TileSampler,
     TrainingDiverged,
@@ -32,6 +37,7 @@ from emseg.training import (
     learning_rate_factor,
     select_device,
     train,
+    validate,
 )
 from emseg.weightmap import unet_weight_map
 
@@ -47,6 +53,7 @@ VALID_UNET = {
     "dropout": 0.3,
 }
 SAME_UNET = {**VALID_UNET, "padding": "same"}
+CPU = torch.device("cpu")
 
 
 @pytest.fixture(autouse=True)
@@ -430,11 +437,14 @@ train(
 """
 
 
-def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path: Path) -> None:
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])  # bf16 is emulated where not native
+def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path: Path, precision: str) -> None:
     paths, records, validation = _synthetic_data(tmp_path / "cache", VALID_UNET)
     np.savez(tmp_path / "validation.npz", images=validation.padded_images, labels=validation.labels)
     iterations = 80
-    config = _train_config(iterations=iterations, val_every=10, checkpoint_every=5)
+    config = _train_config(
+        iterations=iterations, val_every=10, checkpoint_every=5, precision=precision
+    )
     checkpoints = tmp_path / "killed"
     job = tmp_path / "job.json"
     job.write_text(
@@ -481,3 +491,104 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path: Path) -> No
     )
     _assert_same_weights(final["model"], model.state_dict())
     assert _without_time(final["log"]) == _without_time(log)
+
+
+# --- precision and memory format -----------------------------------------------------------------
+
+NATIVE_BF16 = native_bf16_feature()
+# bf16 keeps 8 bits of mantissa: stated agreement of bf16 with fp32 (README, "Precision").
+BF16_MAX_DIFF, BF16_MEAN_DIFF = 0.05, 0.005
+
+
+def _conv_dtypes(monkeypatch: pytest.MonkeyPatch) -> set[tuple[torch.dtype, bool]]:
+    """(dtype, channels-last) of the first convolution's output in every forward of train()."""
+    seen: set[tuple[torch.dtype, bool]] = set()
+
+    def build(spec: dict[str, Any]) -> torch.nn.Module:
+        model = build_model(spec)
+        first = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d))
+        first.register_forward_hook(
+            lambda _m, _i, out: seen.add(
+                (out.dtype, out.is_contiguous(memory_format=torch.channels_last))
+            )
+        )
+        return model
+
+    monkeypatch.setattr(training, "build_model", build)
+    return seen
+
+
+@pytest.mark.parametrize(
+    "native",
+    [
+        pytest.param(True, marks=pytest.mark.skipif(not NATIVE_BF16, reason="no native bf16")),
+        pytest.param(False, marks=pytest.mark.skipif(bool(NATIVE_BF16), reason="native bf16")),
+    ],
+)
+def test_auto_precision_follows_the_cpu_and_is_reported(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, emseg_log: Any, native: bool
+) -> None:
+    """On this CPU, as detected: bf16 autocast where it is native, fp32 elsewhere; channels-last."""
+    seen = _conv_dtypes(monkeypatch)
+    paths, records, validation = _synthetic_data(tmp_path / "cache", SAME_UNET)
+    config = _train_config(tile_size=16, iterations=2, val_every=2, checkpoint_every=2)
+    _, _, summary = train(
+        _settings(SAME_UNET, config, tmp_path / "ck"), open_shards(paths, records), validation, 1
+    )
+    expected = torch.bfloat16 if native else torch.float32
+    assert seen == {(expected, True)}  # training steps and validation alike
+    assert summary["precision"] == ("bf16" if native else "fp32")
+    assert summary["channels_last"] is True
+    reason = summary["precision_reason"]
+    assert reason.startswith("auto: ")
+    assert (f"natively ({NATIVE_BF16})" if native else "no native bf16") in reason
+    assert reason in emseg_log.text
+
+
+def test_auto_picks_bf16_where_the_cpu_reports_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The decision itself, on any CPU: a CPU that reports AMX-BF16 trains in bf16 autocast."""
+    monkeypatch.setattr(precision_module, "native_bf16_feature", lambda: "amx_bf16")
+    seen = _conv_dtypes(monkeypatch)
+    paths, records, validation = _synthetic_data(tmp_path / "cache", SAME_UNET)
+    config = _train_config(tile_size=16, iterations=2, val_every=2, checkpoint_every=2)
+    _, _, summary = train(
+        _settings(SAME_UNET, config, tmp_path / "ck"), open_shards(paths, records), validation, 1
+    )
+    assert seen == {(torch.bfloat16, True)}
+    assert summary["precision"] == "bf16"
+    assert summary["precision_reason"] == "auto: this CPU computes bf16 natively (amx_bf16)"
+
+
+@pytest.mark.parametrize(("model", "tile"), [(VALID_UNET, 48), (SAME_UNET, 16)])
+def test_bf16_and_channels_last_agree_with_fp32(
+    tmp_path: Path, model: dict[str, Any], tile: int
+) -> None:
+    """Prediction and validation of one trained model in fp32 and in bf16, both layouts."""
+    paths, records, validation = _synthetic_data(tmp_path / "cache", model)
+    config = _train_config(tile_size=tile, iterations=40, val_every=40, checkpoint_every=40)
+    config["precision"] = "fp32"
+    net, _, _ = train(
+        _settings(model, config, tmp_path / "ck"), open_shards(paths, records), validation, 1
+    )
+    net = net.to(memory_format=torch.contiguous_format)
+    padded = validation.padded_images[0]
+
+    def run(autocast: torch.dtype | None, channels_last: bool) -> tuple[np.ndarray, dict]:
+        options = TileOptions(tile, 2, autocast=autocast, channels_last=channels_last)
+        layout = torch.channels_last if channels_last else torch.contiguous_format
+        net.to(memory_format=layout)
+        return predict_slice(net, padded, options, CPU), validate(net, validation, options, CPU)
+
+    reference, scores = run(None, False)
+    assert reference.std() > 0.05  # trained: not a constant map, so agreement means something
+    fp32_cl, scores_cl = run(None, True)
+    np.testing.assert_allclose(fp32_cl, reference, atol=1e-5)
+    assert scores_cl == pytest.approx(scores, abs=1e-5)
+    for channels_last in (False, True):
+        bf16, scores_bf16 = run(torch.bfloat16, channels_last)
+        difference = np.abs(bf16 - reference)
+        assert difference.max() <= BF16_MAX_DIFF and difference.mean() <= BF16_MEAN_DIFF
+        assert scores_bf16["val_dice"] == pytest.approx(scores["val_dice"], abs=0.01)
+        assert scores_bf16["val_loss"] == pytest.approx(scores["val_loss"], rel=0.02)

@@ -68,6 +68,22 @@ def snakemake(
     )
 
 
+def start_snakemake(folder: Path, config: Path, *targets: str) -> subprocess.Popen[str]:
+    """Snakemake in the background, in its own process group so that a kill reaches every job."""
+    command = [
+        sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(folder),
+        "--cores", "1", *targets, "--configfile", str(REPO / "config.yaml"), str(config),
+    ]  # fmt: skip
+    return subprocess.Popen(
+        command,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        start_new_session=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+
+
 def jobs_planned(result: subprocess.CompletedProcess[str]) -> dict[str, int]:
     """The 'Job stats' table of a dry run: rule name -> job count."""
     counts: dict[str, int] = {}

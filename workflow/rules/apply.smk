@@ -23,7 +23,7 @@ rule apply_prepare:
         "../../envs/emseg.yaml"
     params:
         settings=lambda wildcards: volume_plan_settings(wildcards.volume),
-        predict=config["predict"],
+        predict=plan_predict_settings(),
         store=lambda wildcards: str(volume_store(wildcards.volume)),
     script:
         "../scripts/apply_prepare.py"
@@ -43,11 +43,61 @@ rule apply_blocks:
         "../../envs/emseg.yaml"
     threads: lambda wildcards: int(VOLUMES[wildcards.volume]["threads"])
     resources:
-        gpu=apply_gpu(),
+        gpu=lambda wildcards: apply_gpu(),
     params:
         device=config["predict"]["device"],
     script:
         "../scripts/apply_blocks.py"
+
+
+rule apply_segment:
+    """Segment one group of blocks into cells (ids local to each block), with a halo."""
+    input:
+        plan=APPLY / "{volume}" / "plan.json",
+        predicted=volume_halo_jobs,
+    output:
+        record=APPLY / "{volume}" / "cells" / "{job}.npz",
+    log:
+        LOGS / "apply_segment_{volume}_job{job}.log",
+    benchmark:
+        BENCH / "apply_segment_{volume}_job{job}.tsv"
+    conda:
+        "../../envs/emseg.yaml"
+    params:
+        segment=config["segment"],
+        halo=lambda wildcards: VOLUMES[wildcards.volume]["segment_halo"],
+    script:
+        "../scripts/apply_segment.py"
+
+
+rule apply_stitch:
+    """Join the cells that cross block borders: one id per cell over the volume."""
+    input:
+        plan=APPLY / "{volume}" / "plan.json",
+        records=lambda wildcards: volume_jobs(wildcards, "cells", "npz"),
+    output:
+        lut=APPLY / "{volume}" / "cells" / "ids.npz",
+    log:
+        LOGS / "apply_stitch_{volume}.log",
+    conda:
+        "../../envs/emseg.yaml"
+    script:
+        "../scripts/apply_stitch.py"
+
+
+rule apply_relabel:
+    """Write one group of blocks of cells with the volume's ids and their pyramid levels."""
+    input:
+        plan=APPLY / "{volume}" / "plan.json",
+        lut=APPLY / "{volume}" / "cells" / "ids.npz",
+    output:
+        done=APPLY / "{volume}" / "cells" / "{job}.json",
+    log:
+        LOGS / "apply_relabel_{volume}_job{job}.log",
+    conda:
+        "../../envs/emseg.yaml"
+    script:
+        "../scripts/apply_relabel.py"
 
 
 rule apply_finish:
@@ -55,8 +105,10 @@ rule apply_finish:
     input:
         plan=APPLY / "{volume}" / "plan.json",
         jobs=volume_jobs,
+        cells=volume_cells,
     output:
         record=APPLY / "{volume}" / "{volume}.json",
+        preview=APPLY / "{volume}" / "{volume}_preview.png",
     log:
         LOGS / "apply_finish_{volume}.log",
     conda:

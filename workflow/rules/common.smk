@@ -5,13 +5,17 @@ from snakemake.utils import validate
 
 sys.path.insert(0, str(Path(workflow.basedir) / "workflow" / "scripts"))
 
+from emseg.apply_settings import apply_volumes, nvidia_gpu_present  # noqa: E402
+from emseg.blocks import BlockGrid, halo_jobs  # noqa: E402
 from emseg.models.geometry import geometry_for  # noqa: E402
 from emseg.settings import (  # noqa: E402
     ConfigError,
     check_config,
+    check_export,
     coerce_to_schema,
     config_hash,
     describe_schema_error,
+    export_run,
     folds,
     isbi_mirror,
     labelled_slice_count,
@@ -35,6 +39,8 @@ PRE = RESULTS / "preprocessed"
 AUG = RESULTS / "augment"
 RUNS = RESULTS / "runs"
 RUN = RUNS / "{name}" / "fold{fold}" / "seed{seed}"
+EXPORT_PACKAGE = RUN / "bioimageio" / "{name}_fold{fold}_seed{seed}.zip"
+APPLY = RESULTS / "apply"
 LOGS = RESULTS / "logs"
 BENCH = RESULTS / "benchmarks"
 MANIFEST = Path(workflow.basedir) / "workflow" / "resources" / "isbi2012.sha256"
@@ -42,6 +48,10 @@ SOURCE = config["data"]["source"]
 SETTINGS = run_settings(config)  # model name -> {"model": ..., "train": ...}
 FOLDS = folds(config)  # [{"training": [...], "validation": [...]}, ...]
 SEEDS = [int(seed) for seed in config["cv"]["seeds"]]
+try:  # volumes to segment: settings with model files and job counts, planned from headers
+    VOLUMES = apply_volumes(config, list(SETTINGS), len(FOLDS), SEEDS, RUNS)
+except ConfigError as error:
+    raise WorkflowError(str(error)) from None
 
 
 wildcard_constraints:
@@ -50,6 +60,8 @@ wildcard_constraints:
     seed=r"\d+",
     index=r"\d+",
     margin=r"\d+",
+    job=r"\d+",
+    volume="|".join(VOLUMES) or "(?!)",
 
 
 def has_test_images():
@@ -126,15 +138,121 @@ def final_targets():
     targets = all_runs(RUN / "model.pt") + all_runs(RUN / "report.html")
     targets += all_runs(RUN / "metrics" / "summary.json")
     targets += all_runs(RUN / "predict" / "val_membrane_prob.tif")
+    targets += all_runs(RUN / "predict" / "val_segmentation.tif")
     if has_test_images():
         targets += all_runs(RUN / "predict" / "test_membrane_prob.tif")
+        targets += all_runs(RUN / "predict" / "test_segmentation.tif")
         if SOURCE == "isbi2012":
             targets += all_runs(RUN / "isbi2012_submission.tif")
         if config["cv"]["ensemble"]:
             targets += expand(
-                str(RUNS / "{name}" / "ensemble_test_membrane_prob.tif"),
+                str(RUNS / "{name}" / "ensemble_test_{kind}.tif"),
                 name=list(SETTINGS),
+                kind=["membrane_prob", "segmentation"],
             )
     if len(SETTINGS) * len(FOLDS) * len(SEEDS) > 1:
         targets += [RESULTS / "comparison.csv", RESULTS / "comparison.html"]
+    if config.get("export", {}).get("with_default_target"):
+        targets.append(export_package())
     return targets
+
+
+def export_package():
+    """The package of the run named in `export:` (default: the first run, fold 0, seed 0)."""
+    try:
+        name, fold, seed = export_run(config)
+    except ConfigError as error:
+        raise WorkflowError(str(error)) from None
+    return str(EXPORT_PACKAGE).format(name=name, fold=fold, seed=seed)
+
+
+def export_inputs(wildcards):
+    """The run's model and records; a run outside the grid, or missing metadata, stops the DAG."""
+    try:
+        check_export(config, wildcards.name, int(wildcards.fold), int(wildcards.seed))
+    except ConfigError as error:
+        raise WorkflowError(str(error)) from None
+    run = {
+        "model": RUN / "model.pt",
+        "scores": RUN / "metrics" / "summary.json",
+        "training": RUN / "train_summary.json",
+    }
+    inputs = {key: str(path).format(**wildcards) for key, path in run.items()}
+    inputs |= {"images": CANONICAL["train_images"], "dataset": CANONICAL["record"]}
+    documentation = config.get("export", {}).get("documentation")
+    if documentation:
+        inputs["documentation"] = Path(documentation).expanduser()
+    return inputs
+
+
+def applied_volumes(wildcards):
+    """The outputs of `snakemake apply`: every volume's finished record, and TIFF where asked."""
+    if not VOLUMES:
+        raise WorkflowError(
+            "apply: no volumes to segment; name them under apply.volumes in your config"
+            " (README: Segment your own volumes)"
+        )
+    targets = [APPLY / name / f"{name}.json" for name in VOLUMES]
+    targets += [
+        APPLY / name / f"{name}_membrane_prob.tif"
+        for name, settings in VOLUMES.items()
+        if settings["tiff"]
+    ]
+    return targets
+
+
+def volume_store(volume):
+    """The OME-Zarr an applied volume is written to."""
+    return APPLY / volume / f"{volume}.ome.zarr"
+
+
+def volume_plan_settings(volume):
+    """What the plan of a volume depends on (not how its jobs run or its cells' halo)."""
+    skip = ("threads", "segment_halo")
+    return {key: value for key, value in VOLUMES[volume].items() if key not in skip}
+
+
+def plan_predict_settings():
+    """The predict keys a volume's plan depends on (not the device, which only the jobs use)."""
+    keys = ("tile_size", "batch_size", "overlap", "tta", "threshold")
+    return {key: config["predict"][key] for key in keys}
+
+
+def volume_jobs(wildcards, folder="jobs", suffix="json"):
+    """One record per job of a volume: its blocks predicted (jobs/) or segmented (cells/)."""
+    count = VOLUMES[wildcards.volume]["jobs"]
+    return [
+        APPLY / wildcards.volume / folder / f"{job}.{suffix}" for job in range(count)
+    ]
+
+
+def volume_halo_jobs(wildcards):
+    """The predicted jobs a segmentation job reads: its own and its neighbours' in the halo."""
+    settings = VOLUMES[wildcards.volume]
+    grid = BlockGrid(tuple(settings["shape"]), tuple(settings["block"]))
+    jobs = halo_jobs(
+        grid,
+        int(settings["blocks_per_job"]),
+        int(wildcards.job),
+        settings["segment_halo"],
+    )
+    return [APPLY / wildcards.volume / "jobs" / f"{job}.json" for job in jobs]
+
+
+def volume_cells(wildcards):
+    """The relabelled cells of every job of a volume, when apply.segment asks for cells."""
+    return (
+        volume_jobs(wildcards, "cells") if VOLUMES[wildcards.volume]["segment"] else []
+    )
+
+
+def apply_gpu():
+    """1 when block jobs should get a GPU: predict.device cuda, or auto with a GPU in reach.
+
+    `auto` asks for one when the jobs go to a cluster, or when this machine has an NVIDIA GPU;
+    a CPU-only workstation then runs several CPU jobs side by side instead of one at a time.
+    """
+    device = config["predict"]["device"]
+    if device != "auto":
+        return int(device == "cuda")
+    return int(not workflow.local_exec or nvidia_gpu_present())

@@ -23,7 +23,7 @@ rule predict:
     resources:
         gpu=int(config["predict"]["device"] in ("auto", "cuda")),
     params:
-        predict=config["predict"],
+        predict=lambda wildcards: SETTINGS[wildcards.name]["predict"],
         slices=lambda wildcards: (
             fold_split(wildcards)["validation"] if wildcards.subset == "val" else None
         ),
@@ -71,6 +71,7 @@ rule score:
     """ISBI 2012 scores (V_rand, V_info) and pixel scores on the held-out slices."""
     input:
         prob=RUN / "predict" / "val_membrane_prob.tif",
+        segmentation=RUN / "predict" / "val_segmentation.tif",
         labels=PRE / "labels.tif",
         train_summary=RUN / "train_summary.json",
     output:
@@ -87,6 +88,7 @@ rule score:
         "../../envs/emseg.yaml"
     params:
         slices=lambda wildcards: fold_split(wildcards)["validation"],
+        segment_method=config["segment"]["method"],
         run=lambda wildcards: {
             "name": wildcards.name,
             "arch": SETTINGS[wildcards.name]["model"]["arch"],
@@ -108,6 +110,7 @@ rule report:
         images=PRE / "labelled_images.tif",
         labels=PRE / "labels.tif",
         prob=RUN / "predict" / "val_membrane_prob.tif",
+        segmentation=RUN / "predict" / "val_segmentation.tif",
     output:
         html=report(
             RUN / "report.html",

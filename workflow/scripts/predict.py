@@ -8,6 +8,7 @@ import torch
 
 from emseg.io import read_stack, write_stack
 from emseg.model_file import load_model_file
+from emseg.precision import choose_precision
 from emseg.progress import progress
 from emseg.runner import LOG, run_rule
 from emseg.tiling import TileOptions, predict_slice
@@ -19,23 +20,26 @@ def main(snakemake: Any) -> None:
     device = select_device(spec["device"])
     if device.type == "cpu":
         torch.set_num_threads(max(1, snakemake.threads))
-    model = load_model_file(Path(snakemake.input.model)).build(device)
+    precision = choose_precision(spec["precision"], device, "predict.precision")
+    model = precision.prepare(load_model_file(Path(snakemake.input.model)).build(device))
     options = TileOptions(
         tile_size=int(spec["tile_size"]),
         batch_size=int(spec["batch_size"]),
         overlap=float(spec["overlap"]),
         tta=bool(spec["tta"]),
-        autocast=torch.bfloat16 if device.type == "cuda" else None,
+        autocast=precision.autocast,
+        channels_last=precision.channels_last,
     )
     padded = read_stack(snakemake.input.images)
     if snakemake.params.slices is not None:  # the fold's held-out slices of the labelled stack
         padded = padded[list(snakemake.params.slices)]
     padded = padded.astype(np.float32)
     LOG.info(
-        "predicting %d slices of %s on %s (tta %s)",
+        "predicting %d slices of %s on %s in %s (tta %s)",
         len(padded),
         padded.shape[1:],
         device,
+        precision.describe(),
         options.tta,
     )
     probs = np.stack(

@@ -26,6 +26,7 @@ def main(snakemake: Any) -> None:
         threshold=0.5,
         slice_ids=slices,
         curve_png=Path(snakemake.input.curve),
+        segmentation=read_stack(snakemake.input.segmentation),
     )
 
 

@@ -30,7 +30,7 @@ def finish_volume(plan: Mapping[str, Any], jobs: Sequence[Mapping[str, Any]]) ->
     if stale:
         raise RuntimeError(f"jobs {stale} were made for another plan of {plan['name']}")
     tile = level_tile(tuple(plan["chunks"]))
-    labels = ["mask"] if plan["output"]["mask"] else []
+    labels = [name for name in ("mask", "cells") if plan["output"].get(name)]
     for level in range(int(plan["job_levels"]), len(plan["levels"])):
         for label in [None, *labels]:
             build_level(store, level, label, tile)

@@ -54,7 +54,11 @@ def make_plan(
     block = tuple(int(b) for b in settings["block"])
     levels = pyramid_shapes(shape, chunks)
     grid = BlockGrid(shape, block)
-    output = {"dtype": settings["dtype"], "mask": bool(settings["mask"])}
+    output = {
+        "dtype": settings["dtype"],
+        "mask": bool(settings["mask"]),
+        "cells": bool(settings["segment"]),
+    }
     plan: dict[str, Any] = {
         "name": name,
         "volume": str(settings["input"]),
@@ -81,7 +85,7 @@ def make_plan(
         levels=levels,
         chunks=chunks,
         dtype=output["dtype"],
-        labels={"mask": "uint8"} if output["mask"] else {},
+        labels=_label_images(output),
         voxel_size=voxel_size,
         unit=unit,
         ngff=plan["ngff"],
@@ -89,6 +93,12 @@ def make_plan(
     record = {"input": plan["volume"], "shape": list(shape), "dtype": plan["dtype"]}
     create_store(layout, record | {"plan_hash": plan["plan_hash"], "complete": False})
     return plan
+
+
+def _label_images(output: Mapping[str, Any]) -> dict[str, str]:
+    """The label images of the store: the membrane mask and the cells, as the config asks."""
+    wanted = {"mask": ("uint8", output["mask"]), "cells": ("uint32", output["cells"])}
+    return {name: dtype for name, (dtype, asked) in wanted.items() if asked}
 
 
 def fit_volume_normalization(volume: Volume, lower: float, upper: float) -> Normalization:

@@ -17,7 +17,7 @@ from typing import Any
 from emseg.blocks import BlockGrid, check_block_shape, job_count
 from emseg.dataset import MIN_SIDE
 from emseg.io import InputError
-from emseg.settings import ConfigError
+from emseg.settings import ConfigError, refuse_braces
 from emseg.volume import open_volume, volume_file
 
 RUN_REFERENCE = re.compile(r"^(?P<name>[^/\s]+)/fold(?P<fold>\d+)/seed(?P<seed>\d+)$")
@@ -37,7 +37,7 @@ def apply_volumes(
             raise ConfigError(
                 f"{key}.input: required (a TIFF, a folder of slices, a zarr or file.h5:/path)"
             )
-        _refuse_braces(f"{key}.input", str(settings["input"]))
+        refuse_braces(f"{key}.input", str(settings["input"]))
         settings["models"] = _model_files(settings.get("model"), key, runs, folds, seeds, runs_dir)
         try:
             check_block_shape(tuple(settings["block"]), tuple(settings["chunks"]))
@@ -88,7 +88,7 @@ def _model_files(
             files.append(str(runs_dir / name / f"fold{fold}" / f"seed{seed}" / "model.pt"))
             continue
         path = Path(entry).expanduser()
-        _refuse_braces(f"{key}.model", entry)
+        refuse_braces(f"{key}.model", entry)
         if not path.is_file():
             raise ConfigError(
                 f"{key}.model: {entry} does not exist (a model.pt or name/fold0/seed0)"
@@ -97,9 +97,6 @@ def _model_files(
     return files
 
 
-def _refuse_braces(key: str, value: str) -> None:
-    if "{" in value or "}" in value:
-        raise ConfigError(
-            f"{key}: {value!r} holds braces, which Snakemake reads as wildcards;"
-            " rename the folder or file"
-        )
+def nvidia_gpu_present() -> bool:
+    """Whether this machine has an NVIDIA GPU, seen without importing torch (1 s per snakemake)."""
+    return any(Path("/dev").glob("nvidia[0-9]*"))

@@ -56,6 +56,24 @@ def job_blocks(blocks: int, blocks_per_job: int, job: int) -> range:
     return range(start, min(start + blocks_per_job, blocks))
 
 
+def halo_jobs(grid: BlockGrid, blocks_per_job: int, job: int, halo: int) -> list[int]:
+    """The jobs whose blocks a job reads when it grows each of its blocks by `halo` px in y and x.
+
+    A job that reads its neighbours (segmentation with a halo) needs only these to have finished;
+    naming them, not every job, keeps the DAG linear in the number of jobs.
+    """
+    _, ny, nx = grid.counts
+    reach_y, reach_x = (math.ceil(halo / side) for side in grid.block[1:])
+    jobs = set()
+    for index in job_blocks(len(grid), blocks_per_job, job):
+        iz, rest = divmod(index, ny * nx)
+        iy, ix = divmod(rest, nx)
+        for y in range(max(0, iy - reach_y), min(ny, iy + reach_y + 1)):
+            for x in range(max(0, ix - reach_x), min(nx, ix + reach_x + 1)):
+                jobs.add((iz * ny * nx + y * nx + x) // blocks_per_job)
+    return sorted(jobs)
+
+
 def check_block_shape(block: Shape, chunks: Shape) -> None:
     """Blocks must be whole numbers of chunks, so that jobs never share a chunk."""
     for axis, (b, c) in enumerate(zip(block, chunks, strict=True)):

@@ -15,11 +15,29 @@ from matplotlib.figure import Figure
 
 from emseg.report import format_value, html_page
 
-SCORES = ("vrand", "vinfo", "pixel_error", "dice")
+SCORES = ("vrand", "vinfo", "seg_vrand", "seg_vinfo", "pixel_error", "dice")
+LOWER_IS_BETTER = ("pixel_error",)
 COLUMNS = (
-    "name", "arch", "fold", "seed", *SCORES, "iou", "threshold",
-    "train_seconds", "gpu_seconds", "device", "config_hash",
+    "name", "arch", "fold", "seed", *SCORES, "iou", "threshold", "vinfo_threshold",
+    "segment_method", "train_seconds", "gpu_seconds", "device", "config_hash",
 )  # fmt: skip
+NAMES = {
+    "name": "model",
+    "vrand": "V_rand, map",
+    "vinfo": "V_info, map",
+    "seg_vrand": "V_rand, cells",
+    "seg_vinfo": "V_info, cells",
+    "pixel_error": "pixel error",
+    "dice": "Dice",
+    "iou": "IoU",
+    "threshold": "V_rand threshold",
+    "vinfo_threshold": "V_info threshold",
+    "segment_method": "segmentation",
+    "train_seconds": "training (s)",
+    "gpu_seconds": "GPU (s)",
+    "config_hash": "config",
+}
+"""Readable column headings of the comparison page (comparison.csv keeps the plain keys)."""
 
 
 def comparison_table(
@@ -43,26 +61,61 @@ def comparison_table(
 
 
 def per_model(table: pd.DataFrame) -> pd.DataFrame:
-    """Mean and standard deviation of every score per model, over its folds and seeds."""
-    grouped = table.groupby("name")[[*SCORES, "train_seconds"]]
-    stats = grouped.agg(["mean", "std", "count"])
+    """Mean, standard deviation and run count of every score per model, over folds and seeds."""
+    present = [score for score in (*SCORES, "train_seconds") if score in table]
+    stats = table.groupby("name")[present].agg(["mean", "std", "count"])
     stats.columns = [f"{score}_{stat}" for score, stat in stats.columns]
     return stats.reset_index()
+
+
+def _spread(mean: float, std: float, count: int) -> str:
+    """'mean ± sd (n)'; the sd of a single run is left out."""
+    if count == 0 or np.isnan(mean):
+        return "n/a"
+    digits = 0 if abs(mean) >= 100 else 4
+    spread = "" if count < 2 or np.isnan(std) else f" ± {std:.{digits}f}"
+    return f"{mean:.{digits}f}{spread} ({count})"
+
+
+def _per_model_html(stats: pd.DataFrame) -> str:
+    """One row per model, each score as 'mean ± sd (n)', the best mean of each score in bold."""
+    scores = [s for s in (*SCORES, "train_seconds") if f"{s}_mean" in stats]
+    head = "".join(f"<th>{escape(NAMES.get(c, c))}</th>" for c in ["name", *scores])
+    best = {}
+    for score in SCORES:
+        if f"{score}_mean" in stats and stats[f"{score}_mean"].notna().any():
+            means = stats[f"{score}_mean"]
+            best[score] = means.idxmin() if score in LOWER_IS_BETTER else means.idxmax()
+    rows = []
+    for index, row in stats.iterrows():
+        cells = [f"<td>{escape(str(row['name']))}</td>"]
+        for score in scores:
+            text = escape(
+                _spread(row[f"{score}_mean"], row[f"{score}_std"], int(row[f"{score}_count"]))
+            )
+            marked = len(stats) > 1 and best.get(score) == index
+            cells.append(f'<td class="best">{text} ★</td>' if marked else f"<td>{text}</td>")
+        rows.append("<tr>" + "".join(cells) + "</tr>")
+    return (
+        f'<div class="table-wrap"><table><thead><tr>{head}</tr></thead>'
+        f"<tbody>{''.join(rows)}</tbody></table></div>"
+    )
 
 
 def distribution_png(table: pd.DataFrame) -> bytes:
     """A strip plot per score: every run a dot, the mean a bar, models side by side."""
     names = sorted(table["name"].unique())
-    figure = Figure(figsize=(3.2 * len(SCORES), 3.4), dpi=100, layout="constrained")
+    scores = [score for score in SCORES if score in table and table[score].notna().any()]
+    figure = Figure(figsize=(3.2 * len(scores), 3.4), dpi=100, layout="constrained")
     FigureCanvasAgg(figure)
-    for ax, score in zip(figure.subplots(1, len(SCORES)), SCORES, strict=True):
+    for ax, score in zip(np.atleast_1d(figure.subplots(1, len(scores))), scores, strict=True):
         for position, name in enumerate(names):
             values = table.loc[table["name"] == name, score].to_numpy(dtype=float)
             jitter = np.linspace(-0.12, 0.12, len(values)) if len(values) > 1 else np.zeros(1)
             ax.scatter(position + jitter, values, s=18, alpha=0.8)
             ax.hlines(values.mean(), position - 0.25, position + 0.25, color="black")
         ax.set_xticks(range(len(names)), names, rotation=30, ha="right")
-        ax.set_title(score)
+        ax.set_title(NAMES.get(score, score))
         ax.grid(True, axis="y", alpha=0.3)
         ax.spines[["top", "right"]].set_visible(False)
     buffer = io.BytesIO()
@@ -71,7 +124,7 @@ def distribution_png(table: pd.DataFrame) -> bytes:
 
 
 def _table(frame: pd.DataFrame) -> str:
-    head = "".join(f"<th>{escape(str(c))}</th>" for c in frame.columns)
+    head = "".join(f"<th>{escape(NAMES.get(str(c), str(c)))}</th>" for c in frame.columns)
     rows = "".join(
         "<tr>" + "".join(f"<td>{escape(format_value(v))}</td>" for v in row) + "</tr>"
         for row in frame.itertuples(index=False)
@@ -88,8 +141,13 @@ def render_comparison(table: pd.DataFrame) -> str:
         f"<span>models: <b>{table['name'].nunique()}</b></span>"
         f"<span>folds: <b>{table['fold'].nunique()}</b></span>"
         f"<span>seeds: <b>{table['seed'].nunique()}</b></span></p></header>"
-        "<h2>Per model (mean, standard deviation, runs)</h2>"
-        + _table(per_model(table))
+        "<h2>Per model</h2>"
+        '<p class="facts">Each score as mean ± standard deviation (runs) over the'
+        " model&#8217;s folds and seeds, on each run&#8217;s held-out slices; ★ marks the best"
+        " model for that score. &#8220;Map&#8221;: the probability map scored as the challenge"
+        " does, at the best threshold of its sweep on the scored slices; &#8220;cells&#8221;:"
+        " the segmentation&#8217;s label image, nothing chosen on the scored slices.</p>"
+        + _per_model_html(per_model(table))
         + "<h2>Held-out scores of every run</h2>"
         + f'<img class="curve" alt="score distributions" src="data:image/png;base64,{plot}">'
         + "<h2>Runs</h2>"

@@ -161,7 +161,7 @@ def read_stack(path: str | os.PathLike[str]) -> np.ndarray:
         files = slice_files(path)
         if not files:
             raise InputError(f"{path}: folder holds no .png/.tif/.tiff slices")
-        slices = [_read_single(f) for f in files]
+        slices = [read_image(f) for f in files]
         shapes = {s.shape for s in slices}
         if len(shapes) > 1:
             raise InputError(f"{path}: slices differ in size {sorted(shapes)}")
@@ -171,7 +171,7 @@ def read_stack(path: str | os.PathLike[str]) -> np.ndarray:
         return np.stack(slices)
     if not path.exists():
         raise InputError(f"{path}: no such file or folder")
-    stack = _read_single(path, allow_stack=True)
+    stack = read_image(path, allow_stack=True)
     return stack if stack.ndim == 3 else stack[np.newaxis]
 
 
@@ -193,8 +193,8 @@ def count_slices(path: str | os.PathLike[str]) -> int:
     if path.suffix.lower() not in (".tif", ".tiff"):
         return 1
     try:
-        with _refuse_damage(path), tifffile.TiffFile(path) as tif:
-            series = _stack_series(path, tif)
+        with refuse_damage(path), tifffile.TiffFile(path) as tif:
+            series = stack_series(path, tif)
     except InputError:
         raise
     except Exception as error:  # tifffile raises many types for damaged files
@@ -204,7 +204,7 @@ def count_slices(path: str | os.PathLike[str]) -> int:
     return series[0].shape[0] if len(series[0].shape) == 3 else 1
 
 
-def _read_single(path: Path, allow_stack: bool = False) -> np.ndarray:
+def read_image(path: Path, allow_stack: bool = False) -> np.ndarray:
     try:
         if path.suffix.lower() in (".tif", ".tiff"):
             array = _read_tiff(path)
@@ -221,12 +221,12 @@ def _read_single(path: Path, allow_stack: bool = False) -> np.ndarray:
 
 
 def _read_tiff(path: Path) -> np.ndarray:
-    with _refuse_damage(path), tifffile.TiffFile(path) as tif:
-        arrays = [series.asarray() for series in _stack_series(path, tif)]
+    with refuse_damage(path), tifffile.TiffFile(path) as tif:
+        arrays = [series.asarray() for series in stack_series(path, tif)]
     return arrays[0] if len(arrays) == 1 else np.stack(arrays)
 
 
-def _stack_series(path: Path, tif: tifffile.TiffFile) -> list[tifffile.TiffPageSeries]:
+def stack_series(path: Path, tif: tifffile.TiffFile) -> list[tifffile.TiffPageSeries]:
     """The image series that make up the stack, after checking the file is whole and gray.
 
     tifffile's TiffWriter makes one series per write() call, so a stack written slice by slice
@@ -266,7 +266,7 @@ def _check_complete(path: Path, tif: tifffile.TiffFile) -> None:
 
 
 @contextlib.contextmanager
-def _refuse_damage(path: Path) -> Iterator[None]:
+def refuse_damage(path: Path) -> Iterator[None]:
     """Raise InputError when tifffile logs a truncated or corrupted file while reading it."""
     handler = logging.handlers.BufferingHandler(capacity=10_000)
     handler.setLevel(logging.WARNING)

@@ -12,13 +12,15 @@ Front. Neuroanat. 9:142:
 2. Proposal: the challenge thresholds the *cell* probability 1 - p. Fiji binarizes with a strict
    `value > t`, so a pixel is cell iff `1 - p > t` (computed in float64), i.e. membrane iff
    `p >= 1 - t`. Thresholds are t = 0.0, 0.1, ..., 0.9; a larger t gives more membrane.
-3. Thinning: the proposal's cells (4-connected components of its cell pixels) seed a 4-connected
-   watershed (`skimage.segmentation.watershed`, connectivity=1, watershed_line=True) that floods
-   the proposal's membrane. The elevation is the binary membrane mask itself: on a flat membrane
-   the flood is a breadth-first front from every cell at once, so each membrane pixel goes to its
-   geodesically nearest cell and a one-pixel line (label 0) remains where two fronts meet, in the
-   middle of the membrane, which is what a seeded watershed of the binary boundary map does. No
-   cells at all leaves the whole slice as membrane.
+3. Thinning: Fiji's `WatershedTransform2D(binaryProposal, 4)`, a Vincent-Soille flooding of
+   the binary image (cell 0, membrane 255) without markers. Its basins are the proposal's cells
+   (4-connected components of cell pixels); the membrane is flooded breadth-first from all of
+   them at once, and a membrane pixel takes the one cell label among its already labelled
+   4-neighbours when it leaves the queue, or becomes a line pixel (label 0) when there are two,
+   so a line about one pixel wide remains where fronts meet, in the middle of the membrane.
+   `thinned_proposal` gives the same labels as a line-by-line port of the Java code
+   (tests/fiji_watershed.py) on every proposal tested, queue order included. No cell at all
+   makes the whole slice one segment, as in Fiji.
 4. Line pixels left inside the ground-truth foreground count as singletons (each its own segment),
    exactly the `sum(p_i0) / n` and `sum(p_i0) * log(n)` terms of the Fiji code.
 5. With p_ij the fraction of the n counted pixels in ground-truth cell i and proposal segment j,
@@ -28,19 +30,19 @@ Front. Neuroanat. 9:142:
    Info split = I(S;T) / H(S),  Info merge = I(S;T) / H(T)  (S proposal, T ground truth),
    V_rand and V_info are the harmonic means (F-scores) of their split and merge scores.
 
-`score_stack` scores every slice at every threshold and keeps the single threshold with the best
-stack-mean V_rand. Pixel error, Dice and IoU always use p >= 0.5 as membrane, which is the same
-binarization as t = 0.5 above.
+`score_stack` scores every slice at every threshold and, as the challenge's script does
+(`getMaximalVRandAfterThinning`, `getMaximalVInfoAfterThinning`), keeps the threshold with the
+best stack-mean V_rand for the Rand scores and, separately, the one with the best stack-mean
+V_info for the information scores; V_info at V_rand's threshold is kept as a second column.
+`label_scores` scores a finished label image (0 = boundary) with the same V_rand and V_info, no
+threshold and no thinning. Pixel error, Dice and IoU always use p >= 0.5 as membrane, which is
+the same binarization as t = 0.5 above.
 
 Where this departs from the Fiji script:
 - The stack score is the mean of per-slice scores. Fiji pools the Rand pair counts of all slices
   (within-slice pairs) before taking the F-score, so large-foreground slices weigh more there.
 - Fiji loops `th += 0.1` in floating point up to 1.0 (11 values, 0.30000000000000004 and so on);
   we use exactly rounded 0.0, ..., 0.9. At t = 1.0 almost nothing is cell, so it never wins.
-- The Fiji watershed code itself was not available to us (the copies we could read predate the
-  thinning methods); the thinning follows the challenge paper and the MATLAB port of the same
-  metric (`watershed(~bw, 4)`). Each seed's basin is one segment even where skimage's line cuts
-  off a few of its pixels; re-labelling the thinned mask by connectivity would split those off.
 - Degenerate cases get defined values instead of 0/0: no ground-truth cell pixels (n = 0) gives
   1.0 for every score (no pair can disagree); H(S) = 0 (one proposal segment) gives Info split 1.0
   and H(T) = 0 (one true cell) gives Info merge 1.0, since nothing can be split or merged. Fiji's
@@ -56,7 +58,6 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import pandas as pd
 from scipy import ndimage
-from skimage.segmentation import watershed
 
 _FOUR = ndimage.generate_binary_structure(2, 1)
 DEFAULT_THRESHOLDS: tuple[float, ...] = tuple(
@@ -222,13 +223,73 @@ def ground_truth_cells(label_membrane: np.ndarray) -> np.ndarray:
 
 
 def thinned_proposal(cell: np.ndarray) -> np.ndarray:
-    """Segments of a binary cell mask after 4-connected watershed thinning; 0 = boundary line."""
+    """Segments of a binary cell mask after the challenge's thinning; 0 = boundary line.
+
+    The result equals Fiji's `WatershedTransform2D(binaryProposal, 4)` (checked pixel for pixel
+    against a line-by-line port in tests/fiji_watershed.py). That flooding is a breadth-first
+    search from the cells over the membrane, layer by layer; a membrane pixel takes the one cell
+    label among its 4-neighbours already labelled when it leaves the queue, and becomes line
+    (0) when there are two or none. The queue order decides only between pixels of one layer
+    that touch each other (where two fronts meet), so those few are resolved one by one.
+    """
+    cell = np.asarray(cell, dtype=bool)
     seeds, count = ndimage.label(cell, _FOUR)
-    if count == 0 or bool(cell.all()):
-        return seeds
-    return watershed(
-        (~cell).astype(np.uint8), markers=seeds, connectivity=1, watershed_line=True
-    ).astype(np.int32)
+    if count == 0:  # Fiji: with no basin the whole boundary is one new minimum, one segment
+        return np.ones(cell.shape, np.int32)
+    if bool(cell.all()):
+        return seeds.astype(np.int32)
+    height, width = cell.shape
+    stride = width + 2
+    labels = np.full((height + 2) * stride, -1, np.int64)  # padded, row-major; -1 = unlabelled
+    labels.reshape(height + 2, stride)[1:-1, 1:-1][cell] = seeds[cell]
+    unvisited = np.zeros_like(labels, dtype=bool)
+    unvisited.reshape(height + 2, stride)[1:-1, 1:-1] = ~cell
+    offsets = np.array([-1, -stride, 1, stride])  # Fiji's neighbour order: left, up, right, down
+    rank = np.full_like(labels, -1)  # a pixel's place in the queue of its layer, -1 elsewhere
+    layer = _first_layer(cell, stride)
+    while layer.size:
+        unvisited[layer] = False
+        neighbours = layer[:, None] + offsets
+        rank[layer] = np.arange(layer.size)
+        _label_layer(labels, layer, neighbours, rank[neighbours])
+        rank[layer] = -1
+        following = neighbours.ravel()
+        following = following[unvisited[following]]
+        found, first = np.unique(following, return_index=True)
+        layer = found[np.argsort(first)]  # discovery order = the FIFO order of the next layer
+    out = labels.reshape(height + 2, stride)[1:-1, 1:-1]
+    return np.maximum(out, 0).astype(np.int32)
+
+
+def _first_layer(cell: np.ndarray, stride: int) -> np.ndarray:
+    """Padded flat indices of membrane pixels touching a cell, in Fiji's column-major order."""
+    touching = ~cell & ndimage.binary_dilation(cell, _FOUR)
+    xs, ys = np.nonzero(touching.T)
+    return (ys + 1) * stride + xs + 1
+
+
+def _label_layer(
+    labels: np.ndarray, layer: np.ndarray, neighbours: np.ndarray, peer_rank: np.ndarray
+) -> None:
+    """Label one breadth-first layer as Fiji's queue does: the single neighbouring label, else 0.
+
+    `labels` holds the earlier layers; `peer_rank` is the queue rank of each neighbour in this
+    layer (-1 if it is not in it). A pixel whose earlier neighbours in the layer cannot bring a
+    second label is decided at once; the rest (where fronts meet) one by one, in queue order.
+    """
+    seen = labels[neighbours]
+    low = np.where(seen > 0, seen, np.iinfo(np.int64).max).min(axis=1)
+    high = np.maximum(seen.max(axis=1), 0)
+    single = low == high  # exactly one label among the earlier layers' neighbours
+    several = (high > 0) & ~single
+    earlier = (peer_rank >= 0) & (peer_rank < np.arange(layer.size)[:, None])
+    peer = np.where(earlier, peer_rank, 0)
+    harmless = ~earlier | several[peer] | (single[peer] & (high[peer] == high[:, None]))
+    settled = several | (single & harmless.all(axis=1)) | ~earlier.any(axis=1)
+    labels[layer[settled]] = np.where(single, high, 0)[settled]
+    for index in np.flatnonzero(~settled).tolist():  # fronts meet: the queue order decides
+        found = {int(labels[q]) for q in neighbours[index].tolist()} - {-1, 0}
+        labels[layer[index]] = found.pop() if len(found) == 1 else 0
 
 
 def isbi_scores(
@@ -245,10 +306,12 @@ def score_stack(
     label_membrane: np.ndarray,
     thresholds: Sequence[float] = DEFAULT_THRESHOLDS,
 ) -> tuple[float, pd.DataFrame, pd.DataFrame]:
-    """Score a (Z, H, W) stack; pick the one threshold with the best stack-mean V_rand.
+    """Score a (Z, H, W) stack at every threshold; V_rand and V_info each at their best one.
 
-    Returns (best threshold, per-slice scores at that threshold with pixel scores at 0.5,
-    per-threshold stack means). Ties go to the first threshold in `thresholds`.
+    Returns (V_rand's best threshold, per-slice scores, per-threshold stack means). The per-slice
+    table has the pixel scores at 0.5, the Rand scores at `threshold` (best stack-mean V_rand),
+    the information scores at `vinfo_threshold` (best stack-mean V_info) and V_info at V_rand's
+    threshold as `vinfo_at_vrand_threshold`. Ties go to the first threshold in `thresholds`.
     """
     p, truth = _check_pair(prob_membrane, label_membrane, ndim=3)
     if p.shape[0] == 0:
@@ -269,11 +332,32 @@ def score_stack(
     summary = pd.DataFrame([frame.mean() for frame in per_threshold], columns=list(SCORE_NAMES))
     summary.insert(0, "threshold", ts)
     best = int(np.argmax(summary["vrand"].to_numpy()))
+    best_info = int(np.argmax(summary["vinfo"].to_numpy()))
 
     pixel = pd.DataFrame(
         [pixel_scores(p[z], truth[z], 0.5) for z in range(p.shape[0])], columns=list(PIXEL_NAMES)
     )
-    per_slice = pd.concat([pixel, per_threshold[best]], axis=1)
+    rand = per_threshold[best][["vrand", "vrand_split", "vrand_merge"]]
+    info = per_threshold[best_info][["vinfo", "vinfo_split", "vinfo_merge"]]
+    per_slice = pd.concat([pixel, rand, info], axis=1)
     per_slice.insert(0, "slice", np.arange(p.shape[0]))
     per_slice["threshold"] = ts[best]
+    per_slice["vinfo_threshold"] = ts[best_info]
+    per_slice["vinfo_at_vrand_threshold"] = per_threshold[best]["vinfo"]
     return ts[best], per_slice, summary
+
+
+def label_scores(segmentation: np.ndarray, label_membrane: np.ndarray) -> pd.DataFrame:
+    """V_rand and V_info of a (Z, H, W) label image per slice, columns prefixed `seg_`.
+
+    Segmentation label 0 (boundary) inside a ground-truth cell counts as singletons, as the
+    thinned lines do in `isbi_scores`.
+    """
+    seg = np.asarray(segmentation)
+    truth = _check_membrane_labels(label_membrane, "label_membrane")
+    if seg.ndim != 3 or seg.shape != truth.shape:
+        raise ValueError(
+            f"segmentation {seg.shape} and label_membrane {truth.shape} must be equal 3-D shapes"
+        )
+    rows = [asdict(rand_info_scores(ground_truth_cells(truth[z]), seg[z])) for z in range(len(seg))]
+    return pd.DataFrame(rows, columns=list(SCORE_NAMES)).add_prefix("seg_")

@@ -28,6 +28,7 @@ import numpy as np
 
 from emseg.blocks import BlockGrid, Shape
 from emseg.io import InputError, atomic_path
+from emseg.progress import progress
 
 NGFF_VERSIONS = ("0.4", "0.5")
 MASK_COLOUR = [255, 0, 255, 255]  # magenta membrane, as in the report's overlays
@@ -161,7 +162,8 @@ def build_level(path: Path, level: int, label: str | None, tile: Shape) -> None:
     """Compute level `level` from level `level - 1`, one tile of `tile` target voxels at a time."""
     source, target = open_level(path, level - 1, label), open_level(path, level, label)
     grid = BlockGrid(tuple(target.shape), tile)
-    for index in range(len(grid)):
+    name = f"{label} level {level}" if label else f"level {level}"
+    for index in progress(range(len(grid)), desc=name, unit="tile"):
         z0, z1, y0, y1, x0, x1 = grid.bounds(index)
         block = source[z0:z1, 2 * y0 : 2 * y1, 2 * x0 : 2 * x1]
         if label:

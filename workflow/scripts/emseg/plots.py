@@ -26,7 +26,18 @@ MISSED_MEMBRANE_RGB = (0, 220, 0)
 OVERLAY_ALPHA = 0.65
 """Weight of the error colour against the gray image; high enough to read on dark membranes."""
 
+SPLIT_RGB = (255, 120, 0)
+"""Split error: part of a true cell that the segmentation gives to another segment (orange)."""
+MERGE_RGB = (0, 110, 255)
+"""Merge error: part of a segment that lies in a second true cell (blue); drawn over splits."""
+SEGMENT_ALPHA = 0.5
+"""Weight of the random segment colours against the gray image."""
+MIN_ERROR_PIECE = 32
+"""Pieces of fewer pixels are not drawn as split or merge errors: they are slivers along borders,
+which the pair-counting V_rand weighs by their size squared, next to nothing."""
+
 _VAL_COLUMNS = ("val_loss", "val_pixel_accuracy", "val_dice")
+_GOLDEN = 0.6180339887498949
 
 
 def gray_uint8(image: np.ndarray) -> np.ndarray:
@@ -98,6 +109,80 @@ def overlay_errors(
         (predicted & ~truth, FALSE_MEMBRANE_RGB),
         (~predicted & truth, MISSED_MEMBRANE_RGB),
     ):
+        rgb[mask] = (1.0 - OVERLAY_ALPHA) * rgb[mask] + OVERLAY_ALPHA * np.asarray(colour)
+    return np.round(rgb).astype(np.uint8)
+
+
+def segment_colours(labels: np.ndarray) -> np.ndarray:
+    """(H, W, 3) float colours, one per id, neighbouring ids far apart in hue; 0 is black.
+
+    The colour is a pure function of the id (golden-ratio hue steps), so the same cell has the
+    same colour on every page and run.
+    """
+    ids = np.asarray(labels).astype(np.float64)
+    hue = np.mod(ids * _GOLDEN, 1.0)
+    value = 0.75 + 0.25 * np.mod(ids * 0.37, 1.0)
+    channel = np.stack([np.mod(hue + shift, 1.0) for shift in (0.0, 2 / 3, 1 / 3)], axis=-1)
+    rgb = value[..., None] * (0.25 + 0.75 * np.clip(np.abs(channel * 6 - 3) - 1, 0, 1))
+    return np.where((ids > 0)[..., None], rgb * 255.0, 0.0)
+
+
+def overlay_segmentation(image: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Each segment in its own colour over the gray image, boundaries (0) dark; (H, W, 3) uint8."""
+    gray = gray_uint8(image).astype(np.float64)
+    labels = np.asarray(labels)
+    if labels.shape != gray.shape:
+        raise ValueError(f"labels: shape {labels.shape} differs from image {gray.shape}")
+    rgb = (1.0 - SEGMENT_ALPHA) * gray[..., None] + SEGMENT_ALPHA * segment_colours(labels)
+    rgb[labels == 0] *= 0.35
+    return np.round(rgb).astype(np.uint8)
+
+
+def split_merge_masks(
+    true_cells: np.ndarray, labels: np.ndarray, min_piece: int = MIN_ERROR_PIECE
+) -> tuple[np.ndarray, np.ndarray]:
+    """Where the segmentation splits a true cell and where it merges true cells.
+
+    Inside true cells (label > 0 in `true_cells`), each piece = (true cell, segment) of at least
+    `min_piece` pixels is a split if the segment is not the true cell's largest, and a merge if
+    the true cell is not the segment's largest. Boundary pixels (segment 0) are neither.
+    """
+    truth, seg = np.asarray(true_cells), np.asarray(labels)
+    if truth.shape != seg.shape:
+        raise ValueError(f"labels: shape {seg.shape} differs from true cells {truth.shape}")
+    split = np.zeros(seg.shape, bool)
+    merge = np.zeros(seg.shape, bool)
+    counted = (truth > 0) & (seg > 0)
+    if not counted.any():
+        return split, merge
+    pieces, inverse, sizes = np.unique(
+        np.stack([truth[counted], seg[counted]]), axis=1, return_inverse=True, return_counts=True
+    )
+    main_segment = _largest(pieces[0], pieces[1], sizes)
+    main_cell = _largest(pieces[1], pieces[0], sizes)
+    big = sizes >= min_piece
+    split[counted] = (big & (pieces[1] != main_segment))[inverse.reshape(-1)]
+    merge[counted] = (big & (pieces[0] != main_cell))[inverse.reshape(-1)]
+    return split, merge
+
+
+def _largest(owner: np.ndarray, member: np.ndarray, sizes: np.ndarray) -> np.ndarray:
+    """For each piece, the member with the largest piece of the same owner (first on ties)."""
+    order = np.lexsort((-sizes, owner))  # by owner, largest first
+    owners = owner[order]
+    first = np.concatenate([[True], owners[1:] != owners[:-1]])
+    return member[order][first][np.searchsorted(owners[first], owner)]
+
+
+def overlay_split_merge(
+    image: np.ndarray, true_cells: np.ndarray, labels: np.ndarray
+) -> np.ndarray:
+    """Split errors orange, merge errors blue, over the gray image with boundaries dark."""
+    gray = gray_uint8(image).astype(np.float64)
+    split, merge = split_merge_masks(true_cells, labels)
+    rgb = np.repeat(gray[..., None], 3, axis=2)
+    rgb[np.asarray(labels) == 0] *= 0.35
+    for mask, colour in ((split, SPLIT_RGB), (merge, MERGE_RGB)):
         rgb[mask] = (1.0 - OVERLAY_ALPHA) * rgb[mask] + OVERLAY_ALPHA * np.asarray(colour)
     return np.round(rgb).astype(np.uint8)
 

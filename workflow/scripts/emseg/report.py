@@ -21,12 +21,18 @@ import yaml
 from PIL import Image
 
 from emseg.io import atomic_path
+from emseg.metrics import ground_truth_cells
 from emseg.plots import (
     FALSE_MEMBRANE_RGB,
+    MERGE_RGB,
+    MIN_ERROR_PIECE,
     MISSED_MEMBRANE_RGB,
+    SPLIT_RGB,
     gray_uint8,
     learning_curves_png,
     overlay_errors,
+    overlay_segmentation,
+    overlay_split_merge,
     to_png_bytes,
 )
 
@@ -45,10 +51,33 @@ METRIC_COLUMNS = (
     "vinfo_split",
     "vinfo_merge",
     "threshold",
+    "vinfo_threshold",
+    "vinfo_at_vrand_threshold",
 )
-HEADLINE_SCORES = ("vrand", "vinfo", "pixel_error", "dice", "iou", "threshold")
-RUN_FACTS = ("n_slices", "arch", "config_hash", "seed", "fold")
-SLICE_CAPTION_METRICS = ("pixel_error", "dice", "vrand", "vinfo")
+SEGMENT_PREFIX = "seg_"
+"""Columns of the label image's own scores (emseg.metrics.label_scores) start with this."""
+HEADLINE_SCORES = (
+    "vrand",
+    "vinfo",
+    "seg_vrand",
+    "seg_vinfo",
+    "pixel_error",
+    "dice",
+    "iou",
+    "threshold",
+    "vinfo_threshold",
+)
+CARD_NAMES = {
+    "vrand": "V_rand, map",
+    "vinfo": "V_info, map",
+    "seg_vrand": "V_rand, cells",
+    "seg_vinfo": "V_info, cells",
+    "pixel_error": "pixel error",
+    "threshold": "V_rand threshold",
+    "vinfo_threshold": "V_info threshold",
+}
+RUN_FACTS = ("n_slices", "arch", "config_hash", "seed", "fold", "segment_method")
+SLICE_CAPTION_METRICS = ("pixel_error", "dice", "vrand", "vinfo", "seg_vrand")
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -106,6 +135,7 @@ th { background: var(--bg-soft); font-weight: 600; }
 th:first-child, td:first-child { text-align: left; }
 tbody tr:nth-child(even) { background: #fbfcfd; }
 tr.mean td { font-weight: 600; border-top: 2px solid var(--fg); background: var(--bg-soft); }
+td.best { font-weight: 600; }
 .legend {
   display: flex;
   flex-wrap: wrap;
@@ -126,6 +156,8 @@ tr.mean td { font-weight: 600; border-top: 2px solid var(--fg); background: var(
 .slice { margin: 0 0 22px; }
 .slice h3 .metrics { color: var(--muted); font-weight: 400; margin-left: 10px; }
 .thumbs { display: grid; grid-template-columns: repeat(4, minmax(0, 1fr)); gap: 10px; }
+.thumbs.six { grid-template-columns: repeat(3, minmax(0, 1fr)); }
+p.note { color: var(--muted); margin: 0 0 10px; max-width: 60em; }
 figure { margin: 0; }
 figure img {
   width: 100%;
@@ -202,25 +234,46 @@ def thumbnail(array: np.ndarray, max_px: int = THUMBNAIL_PX) -> np.ndarray:
 
 
 def _slice_panels(
-    image: np.ndarray, label: np.ndarray, prob: np.ndarray, threshold: float
+    image: np.ndarray,
+    label: np.ndarray,
+    prob: np.ndarray,
+    threshold: float,
+    segmentation: np.ndarray | None,
 ) -> list[tuple[str, np.ndarray]]:
-    """The four thumbnails for one slice, membrane drawn dark as in the raw EM image."""
+    """The thumbnails for one slice, membrane drawn dark as in the raw EM image.
+
+    With a segmentation, two more: its cells in random colours and its split and merge errors.
+    """
     probability = np.clip(prob.astype(np.float64), 0.0, 1.0)
-    return [
+    panels = [
         ("image", gray_uint8(image)),
         ("label (membrane dark)", ((1 - label.astype(np.uint8)) * 255).astype(np.uint8)),
         ("P(membrane) (dark = 1)", np.round((1.0 - probability) * 255).astype(np.uint8)),
         (f"errors at {threshold:.2f}", overlay_errors(image, label, prob, threshold)),
     ]
+    if segmentation is not None:
+        true_cells = ground_truth_cells(label)
+        panels += [
+            ("cells (segmentation)", overlay_segmentation(image, segmentation)),
+            ("split / merge errors", overlay_split_merge(image, true_cells, segmentation)),
+        ]
+    return panels
 
 
 def _validate_stacks(
-    images: np.ndarray, labels: np.ndarray, probs: np.ndarray, slice_ids: Sequence[int]
+    images: np.ndarray,
+    labels: np.ndarray,
+    probs: np.ndarray,
+    slice_ids: Sequence[int],
+    segmentation: np.ndarray | None = None,
 ) -> None:
     """Same (Z, H, W) shape for all stacks and one id per slice."""
     if np.ndim(images) != 3:
         raise ValueError(f"images: expected a (Z, H, W) stack, got shape {np.shape(images)}")
-    for name, stack in (("labels", labels), ("probs", probs)):
+    stacks = [("labels", labels), ("probs", probs)]
+    if segmentation is not None:
+        stacks.append(("segmentation", segmentation))
+    for name, stack in stacks:
         if np.shape(stack) != np.shape(images):
             raise ValueError(f"{name}: shape {np.shape(stack)} differs from images {images.shape}")
     if len(slice_ids) != images.shape[0]:
@@ -236,7 +289,7 @@ def _header_html(title: str, summary: Mapping[str, Any]) -> str:
         for key in (*facts, *extra)
     )
     cards = "".join(
-        f'<div class="score"><div class="name">{escape(key)}</div>'
+        f'<div class="score"><div class="name">{escape(CARD_NAMES.get(key, key))}</div>'
         f'<div class="value">{escape(format_value(summary[key]))}</div></div>'
         for key in HEADLINE_SCORES
         if key in summary
@@ -250,14 +303,24 @@ def _header_html(title: str, summary: Mapping[str, Any]) -> str:
 
 
 def _ordered_columns(per_slice: pd.DataFrame) -> list[str]:
-    """Known metric columns in their canonical order, then any others as given."""
+    """Known metric columns in their canonical order, then the others (not `seg_`) as given."""
     known = [column for column in METRIC_COLUMNS if column in per_slice.columns]
-    return known + [column for column in per_slice.columns if column not in METRIC_COLUMNS]
+    return known + [
+        column
+        for column in per_slice.columns
+        if column not in METRIC_COLUMNS and not column.startswith(SEGMENT_PREFIX)
+    ]
 
 
-def _table_html(per_slice: pd.DataFrame) -> str:
+def _segment_columns(per_slice: pd.DataFrame) -> list[str]:
+    """The slice id and the label image's own scores."""
+    segment = [column for column in per_slice.columns if column.startswith(SEGMENT_PREFIX)]
+    return (["slice"] if segment and "slice" in per_slice.columns else []) + segment
+
+
+def _table_html(per_slice: pd.DataFrame, columns: Sequence[str]) -> str:
     """Metric table, one row per slice and a final mean row over the numeric columns."""
-    columns = _ordered_columns(per_slice)
+    columns = list(columns)
     head = "".join(f"<th>{escape(str(column))}</th>" for column in columns)
     # Column-wise lists keep each column's own type (iterrows would turn int slice ids to floats).
     cells = zip(*(per_slice[column].tolist() for column in columns), strict=True)
@@ -300,13 +363,24 @@ def _slice_caption(per_slice: pd.DataFrame, slice_id: int) -> str:
     )
 
 
-def _legend_html() -> str:
-    """Colour key for the error overlay."""
-    items = (
+def _legend_html(with_segmentation: bool) -> str:
+    """Colour key for the error overlays."""
+    items = [
         ("rgb(128, 128, 128)", "correct (image gray)"),
         ("rgb({}, {}, {})".format(*FALSE_MEMBRANE_RGB), "false membrane: predicted, label cell"),
         ("rgb({}, {}, {})".format(*MISSED_MEMBRANE_RGB), "missed membrane: label, predicted cell"),
-    )
+    ]
+    if with_segmentation:
+        items += [
+            (
+                "rgb({}, {}, {})".format(*SPLIT_RGB),
+                "split: part of a true cell in a second segment",
+            ),
+            (
+                "rgb({}, {}, {})".format(*MERGE_RGB),
+                "merge: part of a segment in a second true cell",
+            ),
+        ]
     return (
         '<div class="legend">'
         + "".join(
@@ -324,23 +398,58 @@ def _slices_html(
     threshold: float,
     slice_ids: Sequence[int],
     per_slice: pd.DataFrame,
+    segmentation: np.ndarray | None,
 ) -> str:
-    """One block per held-out slice: heading with its scores and four thumbnails."""
+    """One block per held-out slice: heading with its scores and its thumbnails."""
     blocks = []
+    grid = "thumbs" if segmentation is None else "thumbs six"
     for index, slice_id in enumerate(slice_ids):
+        panels = _slice_panels(
+            images[index],
+            labels[index],
+            probs[index],
+            threshold,
+            None if segmentation is None else segmentation[index],
+        )
         figures = "".join(
             "<figure>"
             + _img_tag(to_png_bytes(thumbnail(panel)), f"slice {slice_id} {name}")
             + f"<figcaption>{escape(name)}</figcaption></figure>"
-            for name, panel in _slice_panels(images[index], labels[index], probs[index], threshold)
+            for name, panel in panels
         )
         caption = _slice_caption(per_slice, slice_id)
         metrics = f'<span class="metrics">{escape(caption)}</span>' if caption else ""
         blocks.append(
             f'<section class="slice"><h3>Slice {escape(str(slice_id))}{metrics}</h3>'
-            f'<div class="thumbs">{figures}</div></section>'
+            f'<div class="{grid}">{figures}</div></section>'
         )
     return "".join(blocks)
+
+
+def _scores_html(per_slice: pd.DataFrame, summary: Mapping[str, Any]) -> str:
+    """The two score tables, each with what it measures and what was chosen on these slices."""
+    parts = [
+        '<p class="note">The probability map, scored as the ISBI 2012 challenge does: cut at'
+        " the cell-probability thresholds 0.0, 0.1, &hellip;, 0.9 and thinned. The Rand scores"
+        " are those of the threshold with the best mean V_rand over these slices"
+        " (<code>threshold</code>), the information scores those of the threshold with the best"
+        " mean V_info (<code>vinfo_threshold</code>): both thresholds are chosen on the scored"
+        " slices themselves. <code>vinfo_at_vrand_threshold</code> is V_info at V_rand&#8217;s"
+        " threshold.</p>",
+        _table_html(per_slice, _ordered_columns(per_slice)),
+    ]
+    segment = _segment_columns(per_slice)
+    if segment:
+        method = escape(format_value(summary.get("segment_method", "n/a")))
+        parts += [
+            "<h2>Scores of the segmentation</h2>",
+            f'<p class="note">The label image itself (<code>segment.method: {method}</code>),'
+            " scored with the same V_rand and V_info: no threshold to choose, its boundary"
+            " pixels inside true cells counted as single-pixel segments. Its parameters are"
+            " fixed in the config, not tuned on these slices.</p>",
+            _table_html(per_slice, segment),
+        ]
+    return "".join(parts)
 
 
 def _curve_bytes(train_log: pd.DataFrame, curve_png: Path | None) -> bytes:
@@ -369,19 +478,27 @@ def render_report(
     threshold: float,
     slice_ids: Sequence[int],
     curve_png: Path | None = None,
+    segmentation: np.ndarray | None = None,
 ) -> str:
     """Build the report page as a string (see `write_report`)."""
-    _validate_stacks(images, labels, probs, slice_ids)
+    _validate_stacks(images, labels, probs, slice_ids, segmentation)
+    pieces = (
+        ""
+        if segmentation is None
+        else f'<p class="note">Split and merge errors are drawn for pieces of at least'
+        f" {MIN_ERROR_PIECE} pixels; smaller ones are slivers along cell borders.</p>"
+    )
     body = "".join(
         [
             _header_html(title, summary),
             "<h2>Learning curves</h2>",
             _img_tag(_curve_bytes(train_log, curve_png), "learning curves", "curve"),
             "<h2>Metrics per held-out slice</h2>",
-            _table_html(per_slice),
+            _scores_html(per_slice, summary),
             "<h2>Held-out slices</h2>",
-            _legend_html(),
-            _slices_html(images, labels, probs, threshold, slice_ids, per_slice),
+            _legend_html(segmentation is not None),
+            pieces,
+            _slices_html(images, labels, probs, threshold, slice_ids, per_slice, segmentation),
             "<h2>Configuration</h2>",
             f"<pre>{escape(config_yaml(config))}</pre>",
         ]
@@ -419,11 +536,13 @@ def write_report(
     threshold: float,
     slice_ids: Sequence[int],
     curve_png: Path | None = None,
+    segmentation: np.ndarray | None = None,
 ) -> None:
     """Write the self-contained report page atomically (`<out>.tmp`, then rename).
 
-    `images`, `labels` (1 = membrane) and `probs` (membrane probability) are (Z, H, W) stacks of
-    the held-out slices named by `slice_ids`; the page is fully built before anything is written.
+    `images`, `labels` (1 = membrane), `probs` (membrane probability) and, when given,
+    `segmentation` (cell ids, 0 = boundary) are (Z, H, W) stacks of the held-out slices named by
+    `slice_ids`; the page is fully built before anything is written.
     """
     page = render_report(
         title=title,
@@ -437,5 +556,6 @@ def write_report(
         threshold=threshold,
         slice_ids=slice_ids,
         curve_png=curve_png,
+        segmentation=segmentation,
     )
     write_html(Path(out_html), page)

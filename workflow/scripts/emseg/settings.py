@@ -20,6 +20,7 @@ import yaml
 
 from emseg.io import InputError, count_slices
 from emseg.models.geometry import geometry_for, parse_spec
+from emseg.segmentation import SegmentSettings
 
 ISBI_SLICES = 30
 MIRROR_ENV = "EMSEG_ISBI_MIRROR"
@@ -48,24 +49,31 @@ def check_config(config: Mapping[str, Any]) -> None:
     if pre["lower_percentile"] >= pre["upper_percentile"]:
         raise ConfigError("preprocess.lower_percentile must be below preprocess.upper_percentile")
     folds(config)
+    try:
+        SegmentSettings.from_config(config["segment"])
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
     for name, settings in run_settings(config).items():
         where = f"models.{name}." if config.get("models") else ""
         _check_tile(f"{where}train.tile_size", settings["train"]["tile_size"], settings["model"])
-        _check_tile("predict.tile_size", config["predict"]["tile_size"], settings["model"])
+        _check_tile(
+            f"{where}predict.tile_size", settings["predict"]["tile_size"], settings["model"]
+        )
 
 
 def run_settings(config: Mapping[str, Any]) -> dict[str, dict[str, dict[str, Any]]]:
-    """Each named run's model and train settings: `models:` entries merged over `model`/`train`.
+    """Each named run's model, train and predict settings: `models:` entries merged over them.
 
-    With no `models:` entry the grid is the one model of `model:`, named by `model.name`.
+    With no `models:` entry the grid is the one model of `model:`, named by `model.name`. A run's
+    own `predict:` lets networks whose valid tile sizes differ (unpadded and padded) share a grid.
     """
-    base = {"model": dict(config["model"]), "train": dict(config["train"])}
+    sections = ("model", "train", "predict")
+    base = {section: dict(config[section]) for section in sections}
     entries = config.get("models") or {config["model"]["name"]: {}}
     runs = {}
     for name, override in entries.items():
         runs[name] = {
-            section: {**base[section], **(override or {}).get(section, {})}
-            for section in ("model", "train")
+            section: {**base[section], **(override or {}).get(section, {})} for section in sections
         }
         runs[name]["model"]["name"] = name
     return runs
@@ -191,6 +199,44 @@ def validation_slices(config: Mapping[str, Any]) -> list[int]:
     return chosen
 
 
+def export_run(config: Mapping[str, Any]) -> tuple[str, int, int]:
+    """The run the `export` target packages: `export.name` (default: the first run), fold, seed."""
+    section = config.get("export") or {}
+    name = section.get("name") or next(iter(run_settings(config)))
+    fold, seed = int(section.get("fold", 0)), int(section.get("seed", 0))
+    check_export(config, name, fold, seed)
+    return name, fold, seed
+
+
+def check_export(config: Mapping[str, Any], name: str, fold: int, seed: int) -> None:
+    """Refuse, before any job, to package a run outside the grid or without authors or license.
+
+    A run outside the grid has no rule that would train it, so its model can never exist.
+    """
+    runs, count, seeds = list(run_settings(config)), len(folds(config)), list(config["cv"]["seeds"])
+    if name not in runs or not 0 <= fold < count or seed not in seeds:
+        model = Path(config["results"]) / "runs" / name / f"fold{fold}" / f"seed{seed}" / "model.pt"
+        raise ConfigError(
+            f"export: {model} does not exist and cannot be trained: run {name} fold {fold} seed "
+            f"{seed} is not in this config's grid (runs {', '.join(runs)}; folds 0 to "
+            f"{count - 1}; seeds {seeds}); set export.name, export.fold and export.seed"
+        )
+    section = config.get("export") or {}
+    if not section.get("authors"):
+        raise ConfigError(
+            "export.authors: a model package names its authors; add at least one, e.g. "
+            "export: {authors: [{name: Ada Lovelace, affiliation: Your Lab}], license: CC-BY-4.0}"
+        )
+    if not section.get("license"):
+        raise ConfigError(
+            "export.license: a model package states its license; give an SPDX identifier such "
+            "as CC-BY-4.0, MIT or BSD-3-Clause"
+        )
+    documentation = section.get("documentation") or ""
+    if documentation and not Path(documentation).expanduser().is_file():
+        raise ConfigError(f"export.documentation: {documentation} does not exist")
+
+
 def config_hash(*sections: Any) -> str:
     """A short stable hash of config sections, recorded with results to say what produced them."""
     blob = json.dumps(sections, sort_keys=True, default=str).encode()
@@ -198,9 +244,12 @@ def config_hash(*sections: Any) -> str:
 
 
 def _refuse_braces(key: str, config: Mapping[str, Any]) -> None:
-    """Snakemake reads `{name}` in any file path as a wildcard, with no way to escape it."""
     section, _, name = key.rpartition(".")
-    value = str((config[section] if section else config).get(name) or "")
+    refuse_braces(key, str((config[section] if section else config).get(name) or ""))
+
+
+def refuse_braces(key: str, value: str) -> None:
+    """Snakemake reads `{name}` in any file path as a wildcard, with no way to escape it."""
     if "{" in value or "}" in value:
         raise ConfigError(
             f"{key}: {value!r} holds braces, which Snakemake reads as wildcards;"

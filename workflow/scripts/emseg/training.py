@@ -8,7 +8,6 @@ that was never interrupted.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import time
@@ -26,6 +25,7 @@ from emseg.errors import TrainingDiverged
 from emseg.losses import build_loss
 from emseg.models import build_model
 from emseg.models.geometry import Geometry
+from emseg.precision import Precision, choose_precision
 from emseg.preprocess import mirror_pad
 from emseg.progress import progress
 from emseg.shards import IMAGE, LABEL, WEIGHT
@@ -47,13 +47,6 @@ def select_device(name: str) -> torch.device:
     if name == "mps" and not torch.backends.mps.is_available():
         raise ValueError("train.device: mps requested but Apple MPS is not available")
     return torch.device(name)
-
-
-def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """Mixed precision on CUDA (bf16 by default), full fp32 elsewhere unless asked for."""
-    if precision == "auto":
-        return torch.bfloat16 if device.type == "cuda" else None
-    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}[precision]
 
 
 @dataclass(frozen=True)
@@ -164,6 +157,35 @@ def validate(
 
 
 @dataclass(frozen=True)
+class StepRunner:
+    """One optimiser step on a batch as training takes it; the benchmarks time the same call."""
+
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    loss_fn: Callable[..., torch.Tensor]
+    precision: Precision
+    device: torch.device
+
+    def __call__(self, batch: Batch) -> torch.Tensor:
+        """The loss of the batch; a non-finite loss is returned without a step (caller reports)."""
+        images = torch.from_numpy(batch.images).to(self.device, non_blocking=True)
+        if self.precision.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        labels = torch.from_numpy(batch.labels).to(self.device, non_blocking=True)
+        weights = torch.from_numpy(batch.weights).to(self.device, non_blocking=True)
+        self.optimizer.zero_grad(set_to_none=True)
+        with self.precision.autocast_context(self.device):
+            logits = self.model(images)
+        loss = self.loss_fn(logits.float(), labels, weights)
+        if torch.isfinite(loss):
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        return loss
+
+
+@dataclass(frozen=True)
 class TrainSettings:
     model: Mapping[str, Any]
     train: Mapping[str, Any]
@@ -178,27 +200,27 @@ def train(
     spec, cfg = settings.model, settings.train
     seed, iterations = int(cfg["seed"]), int(cfg["iterations"])
     device = select_device(cfg["device"])
-    amp_dtype = autocast_dtype(cfg["precision"], device)
+    precision = choose_precision(cfg["precision"], device, "train.precision")
     if device.type == "cpu":
         torch.set_num_threads(max(1, threads))
     torch.manual_seed(seed)
-    model = build_model(spec).to(device)
-    if device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
+    model = precision.prepare(build_model(spec).to(device))
     optimizer = make_optimizer(model, cfg)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, learning_rate_factor(cfg["schedule"], iterations)
     )
-    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
-    loss_fn = build_loss(cfg["loss"], spec["arch"])
+    scaler = torch.amp.GradScaler(device.type, enabled=precision.autocast == torch.float16)
+    run_step = StepRunner(
+        model, optimizer, scaler, build_loss(cfg["loss"], spec["arch"]), precision, device
+    )
     sampler = TileSampler(
         shards, model.geometry, int(cfg["tile_size"]), int(cfg["batch_size"]), seed
     )
     val_options = TileOptions(
         tile_size=int(cfg["tile_size"]),
         batch_size=int(cfg["batch_size"]),
-        autocast=amp_dtype,
-        channels_last=device.type == "cuda",
+        autocast=precision.autocast,
+        channels_last=precision.channels_last,
     )
 
     last, best = settings.checkpoint_dir / "last.pt", settings.checkpoint_dir / "best.pt"
@@ -220,6 +242,14 @@ def train(
                 state["best_dice"],
             )
             LOG.info("resuming from %s at step %d of %d", last, step, iterations)
+            if state.get("precision", precision.name) != precision.name:
+                LOG.warning(
+                    "%s was trained in %s so far; it goes on in %s (%s)",
+                    last,
+                    state["precision"],
+                    precision.name,
+                    precision.reason,
+                )
         else:
             LOG.info("%s belongs to another config; starting over", last)
 
@@ -236,25 +266,21 @@ def train(
             "best_dice": best_dice,
             "config_hash": settings.config_hash,
             "model_spec": dict(spec),
+            "precision": precision.name,
         }
         if device.type == "cuda":
             state["cuda_rng"] = torch.cuda.get_rng_state()
         return state
 
     LOG.info(
-        "training %s on %s (%s) for %d iterations, %d tiles of %d px per batch, %d threads",
+        "training %s on %s in %s for %d iterations, %d tiles of %d px per batch, %d threads",
         spec["arch"],
         device,
-        amp_dtype or "fp32",
+        precision.describe(),
         iterations,
         sampler.batch_size,
         sampler.tile,
         torch.get_num_threads(),
-    )
-    autocast = (
-        torch.autocast(device_type=device.type, dtype=amp_dtype)
-        if amp_dtype
-        else contextlib.nullcontext()
     )
     model.train()
     wait_s, started = 0.0, time.perf_counter() - elapsed
@@ -268,15 +294,7 @@ def train(
             batch = upcoming.result()
             wait_s += time.perf_counter() - waited
             upcoming = prefetch.submit(sampler.batch, step + 1) if step + 1 < iterations else None
-            images = torch.from_numpy(batch.images).to(device, non_blocking=True)
-            if device.type == "cuda":
-                images = images.contiguous(memory_format=torch.channels_last)
-            labels = torch.from_numpy(batch.labels).to(device, non_blocking=True)
-            weights = torch.from_numpy(batch.weights).to(device, non_blocking=True)
-            optimizer.zero_grad(set_to_none=True)
-            with autocast:
-                logits = model(images)
-            loss = loss_fn(logits.float(), labels, weights)
+            loss = run_step(batch)
             if not torch.isfinite(loss):
                 kept = (
                     f"the last good checkpoint {last} is kept"
@@ -287,9 +305,6 @@ def train(
                     f"training loss became {loss.item()} at step {step + 1}; {kept}."
                     " Lower train.lr or check the input data"
                 )
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
             lr = optimizer.param_groups[0]["lr"]
             scheduler.step()
             step += 1
@@ -316,7 +331,9 @@ def train(
         bar.close()
     summary = {
         "device": str(device),
-        "precision": str(amp_dtype or "fp32"),
+        "precision": precision.name,
+        "channels_last": precision.channels_last,
+        "precision_reason": precision.reason,
         "threads": torch.get_num_threads(),
         "iterations": iterations,
         "train_seconds": elapsed,

@@ -20,7 +20,7 @@ import numpy as np
 import tifffile
 from PIL import Image
 
-from emseg.io import InputError, _refuse_damage, _stack_series, slice_files
+from emseg.io import InputError, read_image, refuse_damage, slice_files, stack_series
 
 # `file.h5:/dataset` and `store.zarr:/group/array`: a container file and the path inside it
 INTERNAL_PATH = re.compile(r"^(?P<file>.+?\.(?:h5|hdf5|hdf|zarr))(?::(?P<key>.*))?$", re.I)
@@ -139,9 +139,9 @@ def volume_file(spec: str | Path) -> Path:
 
 def _open_tiff(path: Path) -> Volume:
     try:
-        with _refuse_damage(path):
+        with refuse_damage(path):
             tif = tifffile.TiffFile(path)
-            series = _stack_series(path, tif)
+            series = stack_series(path, tif)
     except InputError:
         raise
     except Exception as error:  # tifffile raises many types for damaged files
@@ -190,8 +190,8 @@ def _plane_header(path: Path) -> tuple[int, int, np.dtype]:
     """Height, width and pixel type of a 2-D slice, from its header."""
     try:
         if path.suffix.lower() in TIFF_SUFFIXES:
-            with _refuse_damage(path), tifffile.TiffFile(path) as tif:
-                series = _stack_series(path, tif)[0]
+            with refuse_damage(path), tifffile.TiffFile(path) as tif:
+                series = stack_series(path, tif)[0]
                 if len(series.shape) != 2:
                     raise InputError(f"{path}: expected a 2-D slice, got shape {series.shape}")
                 return int(series.shape[0]), int(series.shape[1]), np.dtype(series.dtype)
@@ -205,9 +205,7 @@ def _plane_header(path: Path) -> tuple[int, int, np.dtype]:
 
 def _read_plane(path: Path) -> np.ndarray:
     """One whole 2-D slice, native-endian; colour images are refused by name."""
-    from emseg.io import _read_single
-
-    return _native(_read_single(path))
+    return _native(read_image(path))
 
 
 def _open_hdf5(path: Path, key: str) -> Volume:

@@ -19,7 +19,7 @@ halvings exactly: input % 2**depth == 0.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 ARCHS = ("unet", "fcn", "vnet")
@@ -38,11 +38,12 @@ class Geometry:
     multiple: int  # the pooling stride product, 2**depth
     padded: bool
     residue: int = 0  # required input % multiple (unpadded U-Net: -4 mod 2**depth)
+    minimum: int = 1  # smallest input the layers run on (instance norm needs 2 x 2 at the bottom)
 
     def is_valid(self, input_size: int) -> bool:
         """True when an input of this size passes every pooling exactly and leaves output."""
         return (
-            input_size >= 1
+            input_size >= self.minimum
             and input_size % self.multiple == self.residue
             and input_size - 2 * self.margin >= 1
         )
@@ -72,7 +73,7 @@ class Geometry:
 
     def _first_valid_at_or_above(self, size: int) -> int:
         """Round `size` up to the residue class, then to the smallest size with output."""
-        size = max(size, 2 * self.margin + 1, 1)
+        size = max(size, 2 * self.margin + 1, self.minimum, 1)
         return size + (self.residue - size) % self.multiple
 
     def require_valid(self, input_size: int, key: str) -> None:
@@ -152,8 +153,17 @@ def parse_spec(spec: Mapping[str, Any]) -> ModelSpec:
 
 
 def geometry_for(spec: Mapping[str, Any]) -> Geometry:
-    """The geometry of the model a config describes, without building it."""
+    """The geometry of the model a config describes, without building it.
+
+    Instance norm cannot normalise a single pixel, so with it the smallest map (the bottom of the
+    network) must keep at least 2 x 2 pixels.
+    """
     parsed = parse_spec(spec)
     if parsed.arch == "unet":
-        return unet_geometry(parsed.depth, padded=parsed.padding == "same")
-    return padded_geometry(parsed.depth)
+        geometry = unet_geometry(parsed.depth, padded=parsed.padding == "same")
+    else:
+        geometry = padded_geometry(parsed.depth)
+    if parsed.norm != "instance":
+        return geometry
+    bottom = 2 if geometry.padded else 2 + 8  # padded: 2 px left; valid: b = 2 after its convs
+    return replace(geometry, minimum=geometry.multiple * bottom - (0 if geometry.padded else 4))

@@ -1,0 +1,209 @@
+"""Precision and memory format on the CPU: fp32 / bf16 autocast x contiguous / channels-last.
+
+The numbers `train.precision: auto` rests on (emseg.precision): the CPU's measured dense matmul
+rate in fp32 and in bf16 (without AVX512-BF16 or AMX, bf16 is emulated), one training step
+(emseg.training.StepRunner, the loop's own step, on a fixed batch) and one 512 x 512 slice of
+prediction (emseg.tiling.predict_slice), each in the four combinations. The combinations take
+turns, so load from other processes hits them alike.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from bench.harness import Settings, Table, em_slices, log, measure_many, workflow_config
+from bench.train_speed import matmul_rate
+from emseg.losses import build_loss
+from emseg.models import build_model
+from emseg.precision import Precision, choose_precision, native_bf16_feature
+from emseg.preprocess import mirror_pad
+from emseg.tiling import TileOptions, predict_slice
+from emseg.training import Batch, StepRunner, make_optimizer
+from emseg.weightmap import unet_weight_map
+
+CPU = torch.device("cpu")
+VARIANTS = [(name, layout) for name in ("fp32", "bf16") for layout in (False, True)]
+
+
+@dataclass(frozen=True)
+class Case:
+    """A network with its config's training tile and batch; `bf16` False: fp32 layouts only."""
+
+    name: str
+    spec: Mapping[str, Any]
+    train: Mapping[str, Any]
+    bf16: bool
+
+
+def _cases(settings: Settings) -> list[Case]:
+    default = workflow_config()
+    paper = workflow_config("config/paper.yaml")
+    cases = [Case("default (config.yaml)", default["model"], default["train"], True)]
+    for name, spec, train in (
+        ("paper U-Net, 16 ch", {**paper["model"], "base_channels": 16}, paper["train"]),
+        ("FCN", {**default["model"], "arch": "fcn"}, default["train"]),
+        ("V-Net", {**default["model"], "arch": "vnet"}, default["train"]),
+    ):
+        cases.append(Case(name, spec, train, False))
+    if settings.quick:  # the two U-Nets, shrunk so a step takes milliseconds
+        return [
+            Case(
+                c.name,
+                {**c.spec, "base_channels": 4},
+                {**c.train, "tile_size": 204 if c.spec["padding"] == "valid" else 64},
+                c.bf16,
+            )
+            for c in cases[:2]
+        ]
+    return cases
+
+
+def _precision(name: str, channels_last: bool) -> Precision:
+    chosen = choose_precision(name, CPU, "bench")
+    return Precision(chosen.autocast, channels_last, chosen.reason)
+
+
+def _batch(case: Case, geometry: Any) -> Batch:
+    """A fixed batch of real (or synthetic) EM tiles with their labels and weight maps."""
+    tile, size = int(case.train["tile_size"]), int(case.train["batch_size"])
+    out = geometry.output_size(tile)
+    images, labels, _ = em_slices(size, out)
+    padded = [mirror_pad(image, geometry.margin) for image in images]
+    return Batch(
+        images=np.stack(padded)[:, np.newaxis].astype(np.float32),
+        labels=labels.astype(np.int64),
+        weights=np.stack([unet_weight_map(label) for label in labels]).astype(np.float32),
+    )
+
+
+def _step_fn(case: Case, precision: Precision, batch: Batch) -> Callable[[], object]:
+    torch.manual_seed(0)
+    model = precision.prepare(build_model(case.spec))
+    model.train()
+    optimizer = make_optimizer(model, case.train)
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    loss = build_loss(case.train["loss"], case.spec["arch"])
+    runner = StepRunner(model, optimizer, scaler, loss, precision, CPU)
+    return lambda: runner(batch)
+
+
+def _training(settings: Settings, table: Table) -> None:
+    """Every network and variant in one round-robin, so their ratios share the same load."""
+    warmup, repeats = (0, 1) if settings.quick else (2, max(10, settings.repeats))
+    cases = _cases(settings)
+    fns: dict[tuple[int, str, bool], Callable[[], object]] = {}
+    batches = [_batch(case, build_model(case.spec).geometry) for case in cases]
+    for index, (case, batch) in enumerate(zip(cases, batches, strict=True)):
+        for name, layout in VARIANTS:
+            if case.bf16 or name == "fp32":
+                fns[(index, name, layout)] = _step_fn(case, _precision(name, layout), batch)
+    log(f"training steps: {len(fns)} networks and variants x {repeats}, taking turns")
+    timings = measure_many(fns, repeats, warmup)
+    auto = choose_precision("auto", CPU, "train.precision")
+    for (index, name, layout), timing in timings.items():
+        case, batch = cases[index], batches[index]
+        table.add(
+            model=case.name,
+            batch=f"{len(batch.images)} x {batch.images.shape[-1]}",
+            precision=name,
+            layout="channels-last" if layout else "contiguous",
+            steps=len(timing.runs),
+            **timing.columns(),
+            **{"vs fp32 contiguous": timing.median / timings[(index, "fp32", False)].median},
+            auto=(auto.name, auto.channels_last) == (name, layout),
+        )
+
+
+def _prediction(settings: Settings, table: Table) -> None:
+    config = workflow_config()
+    spec, predict = dict(config["model"]), config["predict"]
+    tile, size = int(predict["tile_size"]), 512
+    if settings.quick:
+        spec["base_channels"], tile, size = 4, 64, 64
+    torch.manual_seed(0)
+    model = build_model(spec).eval()
+    padded = mirror_pad(em_slices(1, size)[0][0], model.geometry.margin)
+    results: dict[tuple[str, bool], np.ndarray] = {}
+
+    def fn(name: str, layout: bool) -> Callable[[], object]:
+        precision = _precision(name, layout)
+        options = TileOptions(
+            tile, int(predict["batch_size"]), float(predict["overlap"]), False,
+            precision.autocast, precision.channels_last,
+        )  # fmt: skip
+        net = precision.prepare(build_model(spec).eval())
+        net.load_state_dict(model.state_dict())
+
+        def once() -> None:
+            results[(name, layout)] = predict_slice(net, padded, options, CPU)
+
+        return once
+
+    warmup, repeats = (0, 1) if settings.quick else (1, max(5, settings.repeats))
+    log(f"prediction of a {size}^2 slice: 4 variants x {repeats}")
+    timings = measure_many({v: fn(*v) for v in VARIANTS}, repeats, warmup)
+    base, reference = timings[("fp32", False)].median, results[("fp32", False)]
+    auto = choose_precision("auto", CPU, "predict.precision")
+    for (name, layout), timing in timings.items():
+        table.add(
+            model="default (config.yaml)",
+            slice=f"{size} x {size}",
+            precision=name,
+            layout="channels-last" if layout else "contiguous",
+            runs=len(timing.runs),
+            **timing.columns(),
+            **{"vs fp32 contiguous": timing.median / base},
+            **{"max abs diff": float(np.abs(results[(name, layout)] - reference).max())},
+            auto=(auto.name, auto.channels_last) == (name, layout),
+        )
+
+
+def run(settings: Settings) -> list[Table]:
+    feature = native_bf16_feature()
+    capability = torch.backends.cpu.get_cpu_capability()
+    native = f"native bf16: {feature}" if feature else "no native bf16 (bf16 is emulated)"
+    peak = Table(
+        "CPU matmul rates by precision",
+        ["dtype", "size", "TFLOP/s", "vs fp32"],
+        notes=[
+            f"This CPU: {native}; torch's kernel level {capability}.",
+            "Median of 10 products after 3 warm-up ones (--quick: 1 after 1).",
+        ],
+    )
+    size = 256 if settings.quick else 1024  # emulated bf16 runs at ~1 % of fp32: keep it short
+    rates = {
+        name: matmul_rate(CPU, dtype, size, settings)
+        for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16))
+    }
+    for name, rate in rates.items():
+        peak.add(dtype=name, size=size, **{"TFLOP/s": rate / 1e12, "vs fp32": rate / rates["fp32"]})
+    common = ["precision", "layout"]
+    tail = ["min s", "median s", "max s", "vs fp32 contiguous"]
+    training = Table(
+        "Training step by precision and memory format (CPU)",
+        ["model", "batch", *common, "steps", *tail, "auto"],
+        notes=[
+            "One StepRunner call (forward in autocast, loss, backward, optimiser step) on a fixed"
+            " batch of EM tiles, each config's tile, batch, optimiser and loss; the variants take"
+            " turns, median of 10 after 2 warm-up steps. bf16 rows for the default network only"
+            " (emulated bf16 is slow). auto = what train.precision: auto picks on this CPU.",
+        ],
+    )
+    prediction = Table(
+        "Prediction by precision and memory format (CPU, untrained weights, no TTA)",
+        ["model", "slice", *common, "runs", *tail, "max abs diff", "auto"],
+        notes=[
+            "predict_slice with the predict section's tile, batch and overlap; median of 5 after"
+            " a warm-up run, variants taking turns. max abs diff = largest difference of the"
+            " membrane probability from fp32 contiguous (untrained weights: probabilities near"
+            " 0.5; for a trained model see the README).",
+        ],
+    )
+    _training(settings, training)
+    _prediction(settings, prediction)
+    return [peak, training, prediction]

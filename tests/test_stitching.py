@@ -1,0 +1,100 @@
+"""Cells segmented block by block equal the whole-slice segmentation; none is cut at a border.
+
+The probability maps are those of a synthetic EM stack (cells of about 24 px, so many straddle the
+32 px blocks), stored in an OME-Zarr as the block jobs leave it; the three passes (segment with a
+halo, stitch, relabel) run in-process, with every segmentation method.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import zarr
+from scipy import ndimage
+
+from emseg.blocks import BlockGrid, job_count, levels_per_job, pyramid_shapes
+from emseg.metrics import rand_info_scores
+from emseg.omezarr import Layout, create_store, open_level, quantize
+from emseg.segmentation import SegmentSettings, segment_stack
+from emseg.stitching import relabel_blocks, segment_blocks, stitch
+from emseg.synthetic import synthetic_stack
+
+SHAPE = (2, 100, 118)
+
+
+def membrane_probability(seed: int = 3) -> np.ndarray:
+    """A smooth, noisy membrane probability with real cell shapes."""
+    _, labels = synthetic_stack(SHAPE[0], SHAPE[1], SHAPE[2], seed, cell_size=24.0)
+    prob = ndimage.gaussian_filter(labels.astype(np.float32), (0, 1.2, 1.2)) * 1.6
+    noise = np.random.default_rng(seed).normal(0, 0.05, SHAPE).astype(np.float32)
+    return np.clip(prob + noise, 0.0, 1.0)
+
+
+def prepared_store(folder: Path, prob: np.ndarray, dtype: str) -> dict[str, Any]:
+    """A store holding `prob` at level 0, and the plan the block jobs would have worked from."""
+    chunks, block = (1, 16, 16), (1, 32, 32)
+    levels = pyramid_shapes(SHAPE, chunks)
+    layout = Layout(
+        folder / "v.ome.zarr", levels, chunks, dtype, {"cells": "uint32"}, (1, 1, 1), None
+    )
+    create_store(layout, {"input": "test", "shape": list(SHAPE), "dtype": "uint8"})
+    open_level(layout.path, 0)[:] = quantize(prob, dtype)
+    grid = BlockGrid(SHAPE, block)
+    return {
+        "name": "v",
+        "store": str(layout.path),
+        "shape": list(SHAPE),
+        "block": list(block),
+        "blocks_per_job": 5,
+        "jobs": job_count(len(grid), 5),
+        "job_levels": levels_per_job(block, chunks, len(levels)),
+        "output": {"dtype": dtype},
+    }
+
+
+def blockwise_cells(folder: Path, plan: dict[str, Any], settings: SegmentSettings) -> np.ndarray:
+    records = [folder / f"{job}.npz" for job in range(plan["jobs"])]
+    for job, record in enumerate(records):
+        segment_blocks(plan, settings, 24, job, record)
+    stitch(plan, records, folder / "ids.npz")
+    for job in range(plan["jobs"]):
+        relabel_blocks(plan, folder / "ids.npz", job)
+    return zarr.open_array(Path(plan["store"]) / "labels/cells/0", mode="r")[:]
+
+
+@pytest.mark.parametrize(
+    ("method", "dtype"), [("threshold", "float32"), ("watershed", "uint8"), ("multicut", "uint8")]
+)
+def test_blockwise_cells_equal_whole_slice_cells(tmp_path: Path, method: str, dtype: str) -> None:
+    prob = membrane_probability()
+    plan = prepared_store(tmp_path, prob, dtype)
+    settings = SegmentSettings(method=method)
+    cells = blockwise_cells(tmp_path, plan, settings)
+    stored = zarr.open_array(Path(plan["store"]) / "0", mode="r")[:]
+    whole = segment_stack(
+        stored.astype(np.float32) / (255.0 if dtype == "uint8" else 1.0), settings
+    )
+    assert cells.dtype == np.uint32
+    ids = [set(np.unique(plane)) - {0} for plane in cells]
+    assert not ids[0] & ids[1], "ids are unique over the volume"
+    assert sorted(ids[0] | ids[1]) == list(range(1, len(ids[0]) + len(ids[1]) + 1))
+    for z in range(SHAPE[0]):
+        assert len(ids[z]) > 20  # many cells, so many cross the 32 px block borders
+        score = rand_info_scores(whole[z].astype(np.int64), cells[z].astype(np.int64))
+        assert score.vrand > 0.999, (z, score)
+    for axis, border in ((1, 32), (1, 64), (1, 96), (2, 32), (2, 64), (2, 96)):
+        before = np.take(cells, border - 1, axis=axis)
+        after = np.take(cells, border, axis=axis)
+        touching = (before > 0) & (after > 0)
+        assert touching.any()
+        np.testing.assert_array_equal(before[touching], after[touching])  # no cell cut
+
+
+def test_label_levels_take_every_second_pixel(tmp_path: Path) -> None:
+    plan = prepared_store(tmp_path, membrane_probability(), "uint8")
+    cells = blockwise_cells(tmp_path, plan, SegmentSettings(method="watershed"))
+    level1 = zarr.open_array(Path(plan["store"]) / "labels/cells/1", mode="r")[:]
+    np.testing.assert_array_equal(level1, cells[:, ::2, ::2])

@@ -1,0 +1,39 @@
+# Cells from membranes: a label image per probability stack (segment:), scored and shown.
+
+
+rule segment:
+    """Label image of a run's probability stack: each cell its own id, 0 on boundaries."""
+    input:
+        prob=RUN / "predict" / "{subset}_membrane_prob.tif",
+    output:
+        labels=RUN / "predict" / "{subset}_segmentation.tif",
+    log:
+        LOGS / "segment_{name}_fold{fold}_seed{seed}_{subset}.log",
+    benchmark:
+        BENCH / "segment_{name}_fold{fold}_seed{seed}_{subset}.tsv"
+    wildcard_constraints:
+        subset="val|test",
+    conda:
+        "../../envs/emseg.yaml"
+    params:
+        segment=config["segment"],
+    script:
+        "../scripts/segment.py"
+
+
+rule segment_ensemble:
+    """Label image of a model's ensemble test probabilities (cv.ensemble)."""
+    input:
+        prob=RUNS / "{name}" / "ensemble_test_membrane_prob.tif",
+    output:
+        labels=RUNS / "{name}" / "ensemble_test_segmentation.tif",
+    log:
+        LOGS / "segment_ensemble_{name}.log",
+    benchmark:
+        BENCH / "segment_ensemble_{name}.tsv"
+    conda:
+        "../../envs/emseg.yaml"
+    params:
+        segment=config["segment"],
+    script:
+        "../scripts/segment.py"
