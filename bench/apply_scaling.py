@@ -20,10 +20,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import yaml
 import zarr
 
 from bench.harness import REPO, Settings, Table, log, measure
+from bench.workflow_speed import snakemake
 
 TARGET_MEMORY = 0.10  # peak RSS of a job may differ by at most 10 % between volume sizes
 TARGET_PLAN_S = 20.0
@@ -162,28 +162,10 @@ def plan_table(
 
 def _dry_run_jobs(folder: Path, config: dict[str, Any]) -> int:
     """Run `snakemake -n apply` in `folder`; the number of apply_blocks jobs it planned."""
-    extra = folder / "bench_config.yaml"
-    extra.write_text(yaml.safe_dump(config))
-    command = [
-        sys.executable,
-        "-m",
-        "snakemake",
-        "-s",
-        str(REPO / "Snakefile"),
-        "-d",
-        str(folder),
-        "--cores",
-        "all",
-        "-n",
-        "apply",
-        "--configfile",
-        str(REPO / "config.yaml"),
-        str(extra),
-    ]
-    result = subprocess.run(command, capture_output=True, text=True, check=False)
+    result = snakemake(folder, config, "-n", "apply")
     found = re.search(r"^apply_blocks\s+(\d+)\s*$", result.stdout, re.M)
-    if result.returncode != 0 or not found:
-        raise RuntimeError(f"snakemake -n apply failed in {folder}:\n{result.stderr[-3000:]}")
+    if not found:
+        raise RuntimeError(f"snakemake -n apply in {folder} planned no apply_blocks jobs")
     return int(found.group(1))
 
 
