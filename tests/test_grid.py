@@ -37,8 +37,11 @@ def test_every_run_is_compared(grid: Path) -> None:
     assert sorted(set(table["arch"])) == ["fcn", "unet", "vnet"]
     assert set(table["fold"]) == {0, 1, 2}
     assert table["vrand"].between(0, 1).all() and (table["train_seconds"] > 0).all()
+    sizes = table.groupby("name")["parameters"].unique()  # one network size per model
+    assert all(len(size) == 1 and size[0] > 0 for size in sizes)
+    assert len({int(size[0]) for size in sizes}) == 3
     page = (grid / "results/comparison.html").read_text()
-    assert "vnet" in page and "data:image/png;base64," in page
+    assert "vnet" in page and "data:image/png;base64," in page and "<th>parameters</th>" in page
 
 
 def test_folds_hold_out_contiguous_blocks(grid: Path) -> None:

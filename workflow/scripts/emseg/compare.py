@@ -19,7 +19,7 @@ SCORES = ("vrand", "vinfo", "seg_vrand", "seg_vinfo", "pixel_error", "dice")
 LOWER_IS_BETTER = ("pixel_error",)
 COLUMNS = (
     "name", "arch", "fold", "seed", *SCORES, "iou", "threshold", "vinfo_threshold",
-    "segment_method", "train_seconds", "gpu_seconds", "device", "config_hash",
+    "segment_method", "parameters", "train_seconds", "gpu_seconds", "device", "config_hash",
 )  # fmt: skip
 NAMES = {
     "name": "model",
@@ -33,6 +33,7 @@ NAMES = {
     "threshold": "V_rand threshold",
     "vinfo_threshold": "V_info threshold",
     "segment_method": "segmentation",
+    "parameters": "parameters",
     "train_seconds": "training (s)",
     "gpu_seconds": "GPU (s)",
     "config_hash": "config",
@@ -51,18 +52,20 @@ def comparison_table(
         rows.append(
             {
                 **{key: scores.get(key) for key in COLUMNS if key in scores},
+                "parameters": training.get("parameters"),
                 "train_seconds": seconds,
                 "gpu_seconds": seconds if on_gpu else 0.0,
                 "device": training.get("device", ""),
             }
         )
     table = pd.DataFrame(rows)
+    table["parameters"] = pd.to_numeric(table["parameters"])  # NaN for runs trained before it
     return table[[c for c in COLUMNS if c in table]].sort_values(["name", "fold", "seed"])
 
 
 def per_model(table: pd.DataFrame) -> pd.DataFrame:
     """Mean, standard deviation and run count of every score per model, over folds and seeds."""
-    present = [score for score in (*SCORES, "train_seconds") if score in table]
+    present = [score for score in (*SCORES, "train_seconds", "parameters") if score in table]
     stats = table.groupby("name")[present].agg(["mean", "std", "count"])
     stats.columns = [f"{score}_{stat}" for score, stat in stats.columns]
     return stats.reset_index()
@@ -79,7 +82,7 @@ def _spread(mean: float, std: float, count: int) -> str:
 
 def _per_model_html(stats: pd.DataFrame) -> str:
     """One row per model, each score as 'mean ± sd (n)', the best mean of each score in bold."""
-    scores = [s for s in (*SCORES, "train_seconds") if f"{s}_mean" in stats]
+    scores = [s for s in (*SCORES, "train_seconds", "parameters") if f"{s}_mean" in stats]
     head = "".join(f"<th>{escape(NAMES.get(c, c))}</th>" for c in ["name", *scores])
     best = {}
     for score in SCORES:
@@ -90,9 +93,11 @@ def _per_model_html(stats: pd.DataFrame) -> str:
     for index, row in stats.iterrows():
         cells = [f"<td>{escape(str(row['name']))}</td>"]
         for score in scores:
-            text = escape(
-                _spread(row[f"{score}_mean"], row[f"{score}_std"], int(row[f"{score}_count"]))
-            )
+            mean, std, count = row[f"{score}_mean"], row[f"{score}_std"], row[f"{score}_count"]
+            if score == "parameters":  # one network per model: its size, not a spread
+                text = "n/a" if np.isnan(mean) else f"{mean:,.0f}"
+            else:
+                text = escape(_spread(mean, std, int(count)))
             marked = len(stats) > 1 and best.get(score) == index
             cells.append(f'<td class="best">{text} ★</td>' if marked else f"<td>{text}</td>")
         rows.append("<tr>" + "".join(cells) + "</tr>")

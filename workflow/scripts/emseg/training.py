@@ -336,6 +336,7 @@ def train(
         "precision_reason": precision.reason,
         "threads": torch.get_num_threads(),
         "iterations": iterations,
+        "parameters": sum(parameter.numel() for parameter in model.parameters()),
         "train_seconds": elapsed,
         "data_wait_fraction": wait_s / max(elapsed, 1e-9),
         "best_val_dice": best_dice,
