@@ -82,15 +82,12 @@ def _measure_by_precision(
     if native_bf16_feature() or repeats <= EMULATED_BF16_REPEATS:
         log(f"{what}: {len(fns)} variants x {repeats}, taking turns")
         return measure_many(fns, repeats, warmup)
-    groups = {
-        kind: {key: fn for key, fn in fns.items() if (key[-2] == "bf16") == (kind == "bf16")}
-        for kind in ("fp32", "bf16")
-    }
-    log(f"{what}: {len(groups['fp32'])} fp32 variants x {repeats}, taking turns")
-    timings = measure_many(groups["fp32"], repeats, warmup)
-    count = len(groups["bf16"])
-    log(f"{what}: {count} emulated bf16 variants x {EMULATED_BF16_REPEATS}, taking turns")
-    return timings | measure_many(groups["bf16"], EMULATED_BF16_REPEATS, 1)
+    fp32 = {key: fn for key, fn in fns.items() if key[-2] == "fp32"}
+    bf16 = {key: fn for key, fn in fns.items() if key[-2] == "bf16"}
+    log(f"{what}: {len(fp32)} fp32 variants x {repeats}, taking turns")
+    timings = measure_many(fp32, repeats, warmup)
+    log(f"{what}: {len(bf16)} emulated bf16 variants x {EMULATED_BF16_REPEATS}, taking turns")
+    return timings | measure_many(bf16, EMULATED_BF16_REPEATS, 1)
 
 
 def _batch(case: Case, geometry: Any) -> Batch:

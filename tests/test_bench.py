@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +17,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from emseg.blockwise import Member
 from emseg.metrics import rand_info_scores
 from emseg.models import build_model
+from emseg.precision import native_bf16_feature
 from emseg.preprocess import Normalization
 from emseg.tiling import TileOptions
 
@@ -30,7 +32,11 @@ from bench.metric_speed import (  # noqa: E402
     skimage_scores,
     skimage_table_rand,
 )
-from bench.precision_speed import EMULATED_BF16_REPEATS, _measure_by_precision  # noqa: E402
+from bench.precision_speed import (  # noqa: E402
+    EMULATED_BF16_REPEATS,
+    VARIANTS,
+    _measure_by_precision,
+)
 from bench.torch_em_peer import import_predict_with_halo, run_predict_with_halo  # noqa: E402
 from bench.train_speed import conv_flops  # noqa: E402
 
@@ -113,17 +119,14 @@ def test_time_to_quality_runs_the_workflow_and_reads_its_scores(tmp_path: Path) 
 
 def test_emulated_bf16_variants_get_fewer_runs_than_fp32() -> None:
     """Without native bf16 the bench times bf16 a couple of times, fp32 at full count."""
-    from emseg.precision import native_bf16_feature
-
     calls: dict[tuple[str, bool], int] = {}
 
-    def count(key: tuple[str, bool]):
+    def count(key: tuple[str, bool]) -> Callable[[], None]:
         return lambda: calls.__setitem__(key, calls.get(key, 0) + 1)
 
-    keys = [(name, layout) for name in ("fp32", "bf16") for layout in (False, True)]
-    timings = _measure_by_precision({key: count(key) for key in keys}, 6, 1, "test")
+    timings = _measure_by_precision({key: count(key) for key in VARIANTS}, 6, 1, "test")
     bf16_runs = 6 if native_bf16_feature() else EMULATED_BF16_REPEATS
-    for key in keys:
+    for key in VARIANTS:
         expected = 6 if key[0] == "fp32" else bf16_runs
         assert len(timings[key].runs) == expected and calls[key] == expected + 1, key
 

@@ -17,6 +17,7 @@ from emseg.report import format_value, html_page
 
 SCORES = ("vrand", "vinfo", "seg_vrand", "seg_vinfo", "pixel_error", "dice")
 LOWER_IS_BETTER = ("pixel_error",)
+PER_MODEL = (*SCORES, "train_seconds", "parameters")  # the per-model table's columns
 COLUMNS = (
     "name", "arch", "fold", "seed", *SCORES, "iou", "threshold", "vinfo_threshold",
     "segment_method", "parameters", "train_seconds", "gpu_seconds", "device", "config_hash",
@@ -65,7 +66,7 @@ def comparison_table(
 
 def per_model(table: pd.DataFrame) -> pd.DataFrame:
     """Mean, standard deviation and run count of every score per model, over folds and seeds."""
-    present = [score for score in (*SCORES, "train_seconds", "parameters") if score in table]
+    present = [score for score in PER_MODEL if score in table]
     stats = table.groupby("name")[present].agg(["mean", "std", "count"])
     stats.columns = [f"{score}_{stat}" for score, stat in stats.columns]
     return stats.reset_index()
@@ -82,7 +83,7 @@ def _spread(mean: float, std: float, count: int) -> str:
 
 def _per_model_html(stats: pd.DataFrame) -> str:
     """One row per model, each score as 'mean ± sd (n)', the best mean of each score in bold."""
-    scores = [s for s in (*SCORES, "train_seconds", "parameters") if f"{s}_mean" in stats]
+    scores = [score for score in PER_MODEL if f"{score}_mean" in stats]
     head = "".join(f"<th>{escape(NAMES.get(c, c))}</th>" for c in ["name", *scores])
     best = {}
     for score in SCORES:
