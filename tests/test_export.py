@@ -10,6 +10,7 @@ is exported from a fresh network through the same code, and bad requests stop be
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import socket
 import subprocess
@@ -146,6 +147,20 @@ def test_bioimageio_prediction_equals_emseg(
     got = sample.members["membrane"].data.values[0, 0]
     np.testing.assert_allclose(got, expected, rtol=0, atol=1e-5)
     assert np.ptp(expected) > 0.01  # a real map, not a constant
+
+
+def test_exporting_again_gives_the_same_bytes(exported: Path) -> None:
+    first = (exported / PACKAGE).read_bytes()
+    config = exported / "test_config.yaml"
+    result = snakemake(exported, "export", "--forcerun", "export_bioimageio", config=config)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
+    assert (exported / PACKAGE).read_bytes() == first  # no clock, no random id, no stack in it
+    with zipfile.ZipFile(exported / PACKAGE) as package:
+        traced = package.read("weights_torchscript.pt")
+        assert str(exported).encode() not in b"".join(package.read(i) for i in package.infolist())
+    with zipfile.ZipFile(io.BytesIO(traced)) as archive:
+        names = archive.namelist()
+    assert not [name for name in names if name.endswith((".debug_pkl", "serialization_id"))]
 
 
 def test_readme_states_the_run(exported: Path) -> None:

@@ -26,6 +26,7 @@ from bioimageio.spec.model import v0_5 as bio
 from pydantic import ValidationError
 
 from emseg import __version__
+from emseg.export.archive import normalize_zip
 from emseg.export.network import MembraneProbability
 from emseg.export.readme import citations, readme
 from emseg.export.record import Metadata, RunRecord
@@ -61,6 +62,7 @@ def export_package(
     traced_checks = _write_files(files, network, record, example, metadata)
     description = describe(files, record, authors, license_id, traced_checks)
     zip_path = save_bioimageio_package(description, output_path=work / "package.zip")
+    normalize_zip(zip_path)  # rdf.yaml came with the clock's time
     summary = test_model(zip_path, devices=["cpu"])
     if summary.status != "passed":
         failed = [

@@ -15,10 +15,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from emseg.export.archive import normalize_zip
 from emseg.export.network import MembraneProbability
 from emseg.export.tensors import SizeRule
 
 TOLERANCE = 1e-5  # probabilities; the traced and eager graphs run the same kernels
+# what torch.jit.save writes that differs from save to save and that torch.jit.load can do
+# without: a random id and the trace's Python stack (error-message annotations)
+MACHINE_RECORDS = (".data/serialization_id", ".debug_pkl")
 
 
 def save_state_dict(network: MembraneProbability, path: Path) -> None:
@@ -53,4 +57,5 @@ def save_torchscript(
                 f"{size} x {size + rule.step} px"
             )
     traced.save(str(path))
+    normalize_zip(path, drop_suffixes=MACHINE_RECORDS)
     return checked
