@@ -12,8 +12,8 @@ import logging
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -193,154 +193,213 @@ class TrainSettings:
     checkpoint_dir: Path
 
 
+@dataclass
+class TrainingRun:
+    """One run's network, optimiser state and progress: what a checkpoint saves and a resume
+    restores, so that a resumed run goes on exactly where the killed one stopped."""
+
+    settings: TrainSettings
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    scaler: torch.amp.GradScaler
+    precision: Precision
+    device: torch.device
+    step: int = 0
+    log: list[dict[str, float]] = field(default_factory=list)
+    elapsed: float = 0.0
+    best_dice: float = -1.0
+
+    @classmethod
+    def start(cls, settings: TrainSettings, threads: int) -> TrainingRun:
+        """A fresh run: the network initialised from the config's seed, nothing trained yet."""
+        cfg = settings.train
+        device = select_device(cfg["device"])
+        precision = choose_precision(cfg["precision"], device, "train.precision")
+        if device.type == "cpu":
+            torch.set_num_threads(max(1, threads))
+        torch.manual_seed(int(cfg["seed"]))
+        model = precision.prepare(build_model(settings.model).to(device))
+        optimizer = make_optimizer(model, cfg)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, learning_rate_factor(cfg["schedule"], int(cfg["iterations"]))
+        )
+        scaler = torch.amp.GradScaler(device.type, enabled=precision.autocast == torch.float16)
+        return cls(settings, model, optimizer, scheduler, scaler, precision, device)
+
+    def step_runner(self) -> StepRunner:
+        loss = build_loss(self.settings.train["loss"], self.settings.model["arch"])
+        return StepRunner(
+            self.model, self.optimizer, self.scaler, loss, self.precision, self.device
+        )
+
+    def state(self) -> dict[str, Any]:
+        """Everything a resume needs, as one checkpoint."""
+        state = {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "torch_rng": torch.get_rng_state(),
+            "step": self.step,
+            "log": self.log,
+            "elapsed_s": self.elapsed,
+            "best_dice": self.best_dice,
+            "config_hash": self.settings.config_hash,
+            "model_spec": dict(self.settings.model),
+            "precision": self.precision.name,
+        }
+        if self.device.type == "cuda":
+            state["cuda_rng"] = torch.cuda.get_rng_state()
+        return state
+
+    def resume(self, path: Path) -> None:
+        """Go on from checkpoint `path` if it belongs to this config; otherwise start over."""
+        state = load_checkpoint(path)
+        if state.get("config_hash") != self.settings.config_hash:
+            LOG.info("%s belongs to another config; starting over", path)
+            return
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        torch.set_rng_state(state["torch_rng"])
+        if self.device.type == "cuda" and "cuda_rng" in state:
+            torch.cuda.set_rng_state(state["cuda_rng"])
+        self.step, self.log = state["step"], list(state["log"])
+        self.elapsed, self.best_dice = state["elapsed_s"], state["best_dice"]
+        LOG.info(
+            "resuming from %s at step %d of %d", path, self.step, self.settings.train["iterations"]
+        )
+        if state.get("precision", self.precision.name) != self.precision.name:
+            LOG.warning(
+                "%s was trained in %s so far; it goes on in %s (%s)",
+                path,
+                state["precision"],
+                self.precision.name,
+                self.precision.reason,
+            )
+
+    def summary(self, wait_s: float) -> dict[str, Any]:
+        """train_summary.json: how the run was trained, how long it took, where it ended."""
+        return {
+            "device": str(self.device),
+            "precision": self.precision.name,
+            "channels_last": self.precision.channels_last,
+            "precision_reason": self.precision.reason,
+            "threads": torch.get_num_threads(),
+            "iterations": int(self.settings.train["iterations"]),
+            "parameters": sum(parameter.numel() for parameter in self.model.parameters()),
+            "train_seconds": self.elapsed,
+            "data_wait_fraction": wait_s / max(self.elapsed, 1e-9),
+            "best_val_dice": self.best_dice,
+            "final": {k: v for k, v in self.log[-1].items() if k.startswith("val_")}
+            if self.log
+            else {},
+            "config_hash": self.settings.config_hash,
+        }
+
+
 def train(
     settings: TrainSettings, shards: Sequence[np.ndarray], validation: ValidationSet, threads: int
 ) -> tuple[torch.nn.Module, list[dict[str, float]], dict[str, Any]]:
     """Train, resuming from the last checkpoint of the same config; return model, log, summary."""
-    spec, cfg = settings.model, settings.train
-    seed, iterations = int(cfg["seed"]), int(cfg["iterations"])
-    device = select_device(cfg["device"])
-    precision = choose_precision(cfg["precision"], device, "train.precision")
-    if device.type == "cpu":
-        torch.set_num_threads(max(1, threads))
-    torch.manual_seed(seed)
-    model = precision.prepare(build_model(spec).to(device))
-    optimizer = make_optimizer(model, cfg)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, learning_rate_factor(cfg["schedule"], iterations)
-    )
-    scaler = torch.amp.GradScaler(device.type, enabled=precision.autocast == torch.float16)
-    run_step = StepRunner(
-        model, optimizer, scaler, build_loss(cfg["loss"], spec["arch"]), precision, device
-    )
+    cfg = settings.train
+    run = TrainingRun.start(settings, threads)
     sampler = TileSampler(
-        shards, model.geometry, int(cfg["tile_size"]), int(cfg["batch_size"]), seed
+        shards, run.model.geometry, int(cfg["tile_size"]), int(cfg["batch_size"]), int(cfg["seed"])
     )
-    val_options = TileOptions(
-        tile_size=int(cfg["tile_size"]),
-        batch_size=int(cfg["batch_size"]),
-        autocast=precision.autocast,
-        channels_last=precision.channels_last,
-    )
-
-    last, best = settings.checkpoint_dir / "last.pt", settings.checkpoint_dir / "best.pt"
-    step, log, elapsed, best_dice = 0, [], 0.0, -1.0
+    last = settings.checkpoint_dir / "last.pt"
     if last.exists():
-        state = load_checkpoint(last)
-        if state.get("config_hash") == settings.config_hash:
-            model.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
-            scaler.load_state_dict(state["scaler"])
-            torch.set_rng_state(state["torch_rng"])
-            if device.type == "cuda" and "cuda_rng" in state:
-                torch.cuda.set_rng_state(state["cuda_rng"])
-            step, log, elapsed, best_dice = (
-                state["step"],
-                list(state["log"]),
-                state["elapsed_s"],
-                state["best_dice"],
-            )
-            LOG.info("resuming from %s at step %d of %d", last, step, iterations)
-            if state.get("precision", precision.name) != precision.name:
-                LOG.warning(
-                    "%s was trained in %s so far; it goes on in %s (%s)",
-                    last,
-                    state["precision"],
-                    precision.name,
-                    precision.reason,
-                )
-        else:
-            LOG.info("%s belongs to another config; starting over", last)
-
-    def checkpoint_state() -> dict[str, Any]:
-        state = {
-            "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "scaler": scaler.state_dict(),
-            "torch_rng": torch.get_rng_state(),
-            "step": step,
-            "log": log,
-            "elapsed_s": elapsed,
-            "best_dice": best_dice,
-            "config_hash": settings.config_hash,
-            "model_spec": dict(spec),
-            "precision": precision.name,
-        }
-        if device.type == "cuda":
-            state["cuda_rng"] = torch.cuda.get_rng_state()
-        return state
-
+        run.resume(last)
     LOG.info(
         "training %s on %s in %s for %d iterations, %d tiles of %d px per batch, %d threads",
-        spec["arch"],
-        device,
-        precision.describe(),
-        iterations,
+        settings.model["arch"],
+        run.device,
+        run.precision.describe(),
+        int(cfg["iterations"]),
         sampler.batch_size,
         sampler.tile,
         torch.get_num_threads(),
     )
-    model.train()
-    wait_s, started = 0.0, time.perf_counter() - elapsed
+    wait_s = _train_steps(run, sampler, validation)
+    return run.model, run.log, run.summary(wait_s)
+
+
+def _train_steps(run: TrainingRun, sampler: TileSampler, validation: ValidationSet) -> float:
+    """Step from run.step to the last iteration, validating and checkpointing as configured;
+    the next batch is drawn in a thread while this one trains. Returns the seconds spent
+    waiting for batches."""
+    cfg = run.settings.train
+    iterations, val_every = int(cfg["iterations"]), int(cfg["val_every"])
+    last, best = run.settings.checkpoint_dir / "last.pt", run.settings.checkpoint_dir / "best.pt"
+    val_options = TileOptions(
+        tile_size=int(cfg["tile_size"]),
+        batch_size=int(cfg["batch_size"]),
+        autocast=run.precision.autocast,
+        channels_last=run.precision.channels_last,
+    )
+    run_step = run.step_runner()
+    run.model.train()
+    wait_s, started = 0.0, time.perf_counter() - run.elapsed
     with ThreadPoolExecutor(max_workers=1) as prefetch:
-        upcoming: Future[Batch] | None = (
-            prefetch.submit(sampler.batch, step) if step < iterations else None
-        )
-        bar = progress(total=iterations, initial=step, desc="train", unit="it")
-        while step < iterations:
+        upcoming = prefetch.submit(sampler.batch, run.step) if run.step < iterations else None
+        bar = progress(total=iterations, initial=run.step, desc="train", unit="it")
+        while upcoming is not None:
             waited = time.perf_counter()
             batch = upcoming.result()
             wait_s += time.perf_counter() - waited
-            upcoming = prefetch.submit(sampler.batch, step + 1) if step + 1 < iterations else None
+            upcoming = (
+                prefetch.submit(sampler.batch, run.step + 1) if run.step + 1 < iterations else None
+            )
             loss = run_step(batch)
-            if not torch.isfinite(loss):
-                kept = (
-                    f"the last good checkpoint {last} is kept"
-                    if last.exists()
-                    else "no checkpoint had been written yet"
-                )
-                raise TrainingDiverged(
-                    f"training loss became {loss.item()} at step {step + 1}; {kept}."
-                    " Lower train.lr or check the input data"
-                )
-            lr = optimizer.param_groups[0]["lr"]
-            scheduler.step()
-            step += 1
-            elapsed = time.perf_counter() - started
-            row = {"step": step, "elapsed_s": elapsed, "lr": lr, "train_loss": float(loss.item())}
-            if step % int(cfg["val_every"]) == 0 or step == iterations:
-                row.update(validate(model, validation, val_options, device))
-                LOG.info(
-                    "step %d: train loss %.4f, val loss %.4f, val accuracy %.4f, val dice %.4f",
-                    step,
-                    row["train_loss"],
-                    row["val_loss"],
-                    row["val_pixel_accuracy"],
-                    row["val_dice"],
-                )
-                if row["val_dice"] > best_dice:
-                    best_dice = row["val_dice"]
-                    save_checkpoint(best, checkpoint_state() | {"log": [*log, row]})
-            log.append(row)
+            _require_finite(loss, run.step + 1, last)
+            lr = run.optimizer.param_groups[0]["lr"]
+            run.scheduler.step()
+            run.step += 1
+            run.elapsed = time.perf_counter() - started
+            row = {
+                "step": run.step,
+                "elapsed_s": run.elapsed,
+                "lr": lr,
+                "train_loss": float(loss.item()),
+            }
+            if run.step % val_every == 0 or run.step == iterations:
+                row.update(validate(run.model, validation, val_options, run.device))
+                _log_validation(row)
+                if row["val_dice"] > run.best_dice:
+                    run.best_dice = row["val_dice"]
+                    save_checkpoint(best, run.state() | {"log": [*run.log, row]})
+            run.log.append(row)
             bar.set_postfix(loss=f"{row['train_loss']:.4f}", refresh=False)
             bar.update(1)
-            if step % int(cfg["checkpoint_every"]) == 0 or step == iterations:
-                save_checkpoint(last, checkpoint_state())
+            if run.step % int(cfg["checkpoint_every"]) == 0 or run.step == iterations:
+                save_checkpoint(last, run.state())
         bar.close()
-    summary = {
-        "device": str(device),
-        "precision": precision.name,
-        "channels_last": precision.channels_last,
-        "precision_reason": precision.reason,
-        "threads": torch.get_num_threads(),
-        "iterations": iterations,
-        "parameters": sum(parameter.numel() for parameter in model.parameters()),
-        "train_seconds": elapsed,
-        "data_wait_fraction": wait_s / max(elapsed, 1e-9),
-        "best_val_dice": best_dice,
-        "final": {k: v for k, v in log[-1].items() if k.startswith("val_")} if log else {},
-        "config_hash": settings.config_hash,
-    }
-    return model, log, summary
+    return wait_s
+
+
+def _require_finite(loss: torch.Tensor, step: int, last: Path) -> None:
+    """A NaN or infinite loss stops the run with what to do; the last good checkpoint stays."""
+    if torch.isfinite(loss):
+        return
+    kept = (
+        f"the last good checkpoint {last} is kept"
+        if last.exists()
+        else "no checkpoint had been written yet"
+    )
+    raise TrainingDiverged(
+        f"training loss became {loss.item()} at step {step}; {kept}."
+        " Lower train.lr or check the input data"
+    )
+
+
+def _log_validation(row: Mapping[str, float]) -> None:
+    LOG.info(
+        "step %d: train loss %.4f, val loss %.4f, val accuracy %.4f, val dice %.4f",
+        row["step"],
+        row["train_loss"],
+        row["val_loss"],
+        row["val_pixel_accuracy"],
+        row["val_dice"],
+    )
