@@ -192,6 +192,16 @@ class TrainSettings:
     config_hash: str
     checkpoint_dir: Path
 
+    @property
+    def last_checkpoint(self) -> Path:
+        """Where the run is saved every `checkpoint_every` steps, and resumed from."""
+        return self.checkpoint_dir / "last.pt"
+
+    @property
+    def best_checkpoint(self) -> Path:
+        """The run at its best validation Dice so far."""
+        return self.checkpoint_dir / "best.pt"
+
 
 @dataclass
 class TrainingRun:
@@ -309,9 +319,8 @@ def train(
     sampler = TileSampler(
         shards, run.model.geometry, int(cfg["tile_size"]), int(cfg["batch_size"]), int(cfg["seed"])
     )
-    last = settings.checkpoint_dir / "last.pt"
-    if last.exists():
-        run.resume(last)
+    if settings.last_checkpoint.exists():
+        run.resume(settings.last_checkpoint)
     LOG.info(
         "training %s on %s in %s for %d iterations, %d tiles of %d px per batch, %d threads",
         settings.model["arch"],
@@ -332,7 +341,7 @@ def _train_steps(run: TrainingRun, sampler: TileSampler, validation: ValidationS
     waiting for batches."""
     cfg = run.settings.train
     iterations, val_every = int(cfg["iterations"]), int(cfg["val_every"])
-    last, best = run.settings.checkpoint_dir / "last.pt", run.settings.checkpoint_dir / "best.pt"
+    last, best = run.settings.last_checkpoint, run.settings.best_checkpoint
     val_options = TileOptions(
         tile_size=int(cfg["tile_size"]),
         batch_size=int(cfg["batch_size"]),
