@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 import tifffile
 
+from emseg.segmentation import SegmentSettings, segment_stack
 from workflow_helpers import jobs_planned, snakemake, write_config
 
 GRID = {
@@ -17,7 +18,11 @@ GRID = {
     "models": {
         "unet": {},
         "fcn": {"model": {"arch": "fcn"}},
-        "vnet": {"model": {"arch": "vnet"}, "train": {"loss": "dice"}},
+        "vnet": {
+            "model": {"arch": "vnet"},
+            "train": {"loss": "dice"},
+            "segment": {"method": "threshold", "threshold": 0.5},  # its own cells setting
+        },
     },
 }
 
@@ -68,3 +73,29 @@ def test_removing_one_fold_model_retrains_that_job_only(grid: Path, tmp_path: Pa
     assert planned.get("train") == 1
     assert "augment_slice" not in planned and "normalize" not in planned
     assert planned.get("compare") == 1 and planned.get("ensemble") == 1
+
+
+def test_a_run_segments_its_cells_with_its_own_settings(grid: Path) -> None:
+    table = pd.read_csv(grid / "results/comparison.csv")
+    assert dict(zip(table["name"], table["segment_method"], strict=True)) == {
+        "unet": "watershed", "fcn": "watershed", "vnet": "threshold",
+    }  # fmt: skip
+    predicted = grid / "results/runs/vnet/fold0/seed0/predict"
+    expected = segment_stack(
+        tifffile.imread(predicted / "val_membrane_prob.tif"),
+        SegmentSettings(method="threshold", threshold=0.5),
+    )
+    np.testing.assert_array_equal(tifffile.imread(predicted / "val_segmentation.tif"), expected)
+
+
+def test_changing_a_runs_segment_settings_trains_and_predicts_nothing(
+    grid: Path, tmp_path: Path
+) -> None:
+    folder = tmp_path / "copy"
+    shutil.copytree(grid, folder)
+    changed = {**GRID, "models": {**GRID["models"], "vnet": {**GRID["models"]["vnet"]}}}
+    changed["models"]["vnet"]["segment"] = {"method": "threshold", "threshold": 0.4}
+    planned = jobs_planned(snakemake(folder, "-n", config=write_config(folder, changed)))
+    assert "train" not in planned and "predict" not in planned
+    assert planned.get("segment") == 6  # vnet's val and test cells in each of its 3 folds
+    assert planned.get("score") == 3 and planned.get("segment_ensemble") == 1

@@ -15,6 +15,7 @@ import yaml
 from PIL import Image
 from snakemake.utils import update_config
 
+from emseg.apply_settings import apply_volumes
 from emseg.io import write_stack
 from emseg.settings import (
     ISBI_SLICES,
@@ -190,6 +191,41 @@ def test_compare_config_gives_each_network_its_own_predict_tile(config: dict[str
     assert validation_slices(compare) == [25, 26, 27, 28, 29]
     del compare["models"]["unet-paper16"]["predict"]
     assert "508 or 524" in raises_for(compare, "models.unet-paper16.predict.tile_size")
+
+
+def test_a_run_segments_with_its_own_settings_over_the_base(config: dict[str, Any]) -> None:
+    grid = copy.deepcopy(config)
+    grid["models"] = {"unet": {}, "vnet": {"segment": {"seed_threshold": 0.3}}}
+    jsonschema.Draft202012Validator(yaml.safe_load(SCHEMA.read_text())).validate(grid)
+    segment = {name: run["segment"] for name, run in run_settings(grid).items()}
+    assert segment["unet"] == config["segment"]
+    assert segment["vnet"] == {**config["segment"], "seed_threshold": 0.3}
+    grid["models"]["vnet"]["segment"]["method"] = "cut"
+    assert "models.vnet.segment.method: 'cut'" in raises_for(grid, "models.vnet.segment.method")
+
+
+def test_a_volume_applied_with_one_models_runs_is_cut_as_that_model_cuts(
+    config: dict[str, Any], tmp_path: Path
+) -> None:
+    volume, model = str(tmp_path / "volume.tif"), tmp_path / "model.pt"
+    tifffile.imwrite(volume, np.zeros((2, 32, 32), np.uint8))
+    model.write_bytes(b"")  # planning checks that the file exists, not what it holds
+    grid = copy.deepcopy(config)
+    grid["models"] = {
+        "unet": {"segment": {"seed_threshold": 0.35}},
+        "vnet": {"segment": {"sigma": 1.0}},
+    }
+    grid["apply"]["volumes"] = {
+        "by_vnet": {"input": volume, "model": ["vnet/fold0/seed0", "vnet/fold1/seed0"]},
+        "by_first_run": {"input": volume},
+        "by_file": {"input": volume, "model": str(model)},
+        "by_two_models": {"input": volume, "model": ["vnet/fold0/seed0", "unet/fold0/seed0"]},
+    }
+    planned = apply_volumes(grid, run_settings(grid), 2, [0], tmp_path / "runs")
+    cut = {name: settings["segment_settings"] for name, settings in planned.items()}
+    assert cut["by_vnet"] == {**config["segment"], "sigma": 1.0}
+    assert cut["by_first_run"] == {**config["segment"], "seed_threshold": 0.35}
+    assert cut["by_file"] == cut["by_two_models"] == config["segment"]
 
 
 def test_unusable_model_spec_names_model(config: dict[str, Any]) -> None:

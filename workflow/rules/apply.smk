@@ -64,7 +64,7 @@ rule apply_segment:
     conda:
         "../../envs/emseg.yaml"
     params:
-        segment=config["segment"],
+        segment=lambda wildcards: VOLUMES[wildcards.volume]["segment_settings"],
         halo=lambda wildcards: VOLUMES[wildcards.volume]["segment_halo"],
     script:
         "../scripts/apply_segment.py"

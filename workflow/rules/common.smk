@@ -49,7 +49,7 @@ SETTINGS = run_settings(config)  # model name -> {"model": ..., "train": ...}
 FOLDS = folds(config)  # [{"training": [...], "validation": [...]}, ...]
 SEEDS = [int(seed) for seed in config["cv"]["seeds"]]
 try:  # volumes to segment: settings with model files and job counts, planned from headers
-    VOLUMES = apply_volumes(config, list(SETTINGS), len(FOLDS), SEEDS, RUNS)
+    VOLUMES = apply_volumes(config, SETTINGS, len(FOLDS), SEEDS, RUNS)
 except ConfigError as error:
     raise WorkflowError(str(error)) from None
 
@@ -207,8 +207,8 @@ def volume_store(volume):
 
 
 def volume_plan_settings(volume):
-    """What the plan of a volume depends on (not how its jobs run or its cells' halo)."""
-    skip = ("threads", "segment_halo")
+    """What the plan of a volume depends on (not how its jobs run or cut cells)."""
+    skip = ("threads", "segment_halo", "segment_settings")
     return {key: value for key, value in VOLUMES[volume].items() if key not in skip}
 
 

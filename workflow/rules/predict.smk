@@ -88,7 +88,7 @@ rule score:
         "../../envs/emseg.yaml"
     params:
         slices=lambda wildcards: fold_split(wildcards)["validation"],
-        segment_method=config["segment"]["method"],
+        segment_method=lambda wildcards: SETTINGS[wildcards.name]["segment"]["method"],
         run=lambda wildcards: {
             "name": wildcards.name,
             "arch": SETTINGS[wildcards.name]["model"]["arch"],
@@ -127,6 +127,7 @@ rule report:
         config=lambda wildcards: {
             **config,
             "model": SETTINGS[wildcards.name]["model"],
+            "segment": SETTINGS[wildcards.name]["segment"],
             "train": {
                 **SETTINGS[wildcards.name]["train"],
                 "seed": int(wildcards.seed),

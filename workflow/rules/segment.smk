@@ -16,7 +16,7 @@ rule segment:
     conda:
         "../../envs/emseg.yaml"
     params:
-        segment=config["segment"],
+        segment=lambda wildcards: SETTINGS[wildcards.name]["segment"],
     script:
         "../scripts/segment.py"
 
@@ -34,6 +34,6 @@ rule segment_ensemble:
     conda:
         "../../envs/emseg.yaml"
     params:
-        segment=config["segment"],
+        segment=lambda wildcards: SETTINGS[wildcards.name]["segment"],
     script:
         "../scripts/segment.py"

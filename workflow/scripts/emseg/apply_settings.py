@@ -24,9 +24,17 @@ RUN_REFERENCE = re.compile(r"^(?P<name>[^/\s]+)/fold(?P<fold>\d+)/seed(?P<seed>\
 
 
 def apply_volumes(
-    config: Mapping[str, Any], runs: Sequence[str], folds: int, seeds: Sequence[int], runs_dir: Path
+    config: Mapping[str, Any],
+    run_settings: Mapping[str, Mapping[str, Any]],
+    folds: int,
+    seeds: Sequence[int],
+    runs_dir: Path,
 ) -> dict[str, dict[str, Any]]:
-    """Every configured volume's settings, with its model files and planned job count."""
+    """Every configured volume's settings, with its model files and planned job count.
+
+    `run_settings` is the grid's runs by name (emseg.settings.run_settings).
+    """
+    runs = list(run_settings)
     section = dict(config.get("apply") or {})
     volumes = section.pop("volumes", None) or {}
     planned = {}
@@ -39,6 +47,9 @@ def apply_volumes(
             )
         refuse_braces(f"{key}.input", str(settings["input"]))
         settings["models"] = _model_files(settings.get("model"), key, runs, folds, seeds, runs_dir)
+        settings["segment_settings"] = _segment_settings(
+            settings.get("model"), run_settings, config
+        )
         try:
             check_block_shape(tuple(settings["block"]), tuple(settings["chunks"]))
         except ValueError as error:
@@ -64,6 +75,24 @@ def _header(spec: str, key: str) -> dict[str, Any]:
             f" need at least {MIN_SIDE} x {MIN_SIDE} px"
         )
     return {"shape": list(volume.shape), "input_file": str(volume_file(spec))}
+
+
+def _segment_settings(
+    value: Any, run_settings: Mapping[str, Mapping[str, Any]], config: Mapping[str, Any]
+) -> dict[str, Any]:
+    """The `segment:` of the grid model whose runs the volume applies, else the config's own.
+
+    A volume applied with `vnet/fold0/seed0` (or several runs of vnet) is cut into cells as vnet's
+    own runs are; model files and mixed models have no such model and take `segment:`.
+    """
+    entries = value if isinstance(value, list) else [value]
+    entries = [str(entry) for entry in entries if entry not in (None, "")]
+    if not entries:  # the grid's first run, as _model_files takes it
+        return dict(next(iter(run_settings.values()))["segment"])
+    names = {match["name"] if match else None for match in map(RUN_REFERENCE.match, entries)}
+    if len(names) == 1 and None not in names:
+        return dict(run_settings[names.pop()]["segment"])
+    return dict(config["segment"])
 
 
 def _model_files(

@@ -49,12 +49,12 @@ def check_config(config: Mapping[str, Any]) -> None:
     if pre["lower_percentile"] >= pre["upper_percentile"]:
         raise ConfigError("preprocess.lower_percentile must be below preprocess.upper_percentile")
     folds(config)
-    try:
-        SegmentSettings.from_config(config["segment"])
-    except ValueError as error:
-        raise ConfigError(str(error)) from None
     for name, settings in run_settings(config).items():
         where = f"models.{name}." if config.get("models") else ""
+        try:
+            SegmentSettings.from_config(settings["segment"])
+        except ValueError as error:
+            raise ConfigError(f"{where}{error}") from None
         _check_tile(f"{where}train.tile_size", settings["train"]["tile_size"], settings["model"])
         _check_tile(
             f"{where}predict.tile_size", settings["predict"]["tile_size"], settings["model"]
@@ -62,12 +62,13 @@ def check_config(config: Mapping[str, Any]) -> None:
 
 
 def run_settings(config: Mapping[str, Any]) -> dict[str, dict[str, dict[str, Any]]]:
-    """Each named run's model, train and predict settings: `models:` entries merged over them.
+    """Each named run's model, train, predict and segment settings: `models:` entries over them.
 
     With no `models:` entry the grid is the one model of `model:`, named by `model.name`. A run's
-    own `predict:` lets networks whose valid tile sizes differ (unpadded and padded) share a grid.
+    own `predict:` lets networks whose valid tile sizes differ (unpadded and padded) share a grid;
+    its own `segment:` suits the cell segmentation to how its network draws membranes.
     """
-    sections = ("model", "train", "predict")
+    sections = ("model", "train", "predict", "segment")
     base = {section: dict(config[section]) for section in sections}
     entries = config.get("models") or {config["model"]["name"]: {}}
     runs = {}
