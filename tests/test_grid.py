@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import shutil
 from pathlib import Path
 
@@ -93,7 +94,7 @@ def test_changing_a_runs_segment_settings_trains_and_predicts_nothing(
 ) -> None:
     folder = tmp_path / "copy"
     shutil.copytree(grid, folder)
-    changed = {**GRID, "models": {**GRID["models"], "vnet": {**GRID["models"]["vnet"]}}}
+    changed = copy.deepcopy(GRID)
     changed["models"]["vnet"]["segment"] = {"method": "threshold", "threshold": 0.4}
     planned = jobs_planned(snakemake(folder, "-n", config=write_config(folder, changed)))
     assert "train" not in planned and "predict" not in planned

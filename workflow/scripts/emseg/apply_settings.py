@@ -46,10 +46,9 @@ def apply_volumes(
                 f"{key}.input: required (a TIFF, a folder of slices, a zarr or file.h5:/path)"
             )
         refuse_braces(f"{key}.input", str(settings["input"]))
-        settings["models"] = _model_files(settings.get("model"), key, runs, folds, seeds, runs_dir)
-        settings["segment_settings"] = _segment_settings(
-            settings.get("model"), run_settings, config
-        )
+        entries = _model_entries(settings.get("model"), runs, seeds)
+        settings["models"] = _model_files(entries, key, runs, folds, seeds, runs_dir)
+        settings["segment_settings"] = _segment_settings(entries, run_settings, config)
         try:
             check_block_shape(tuple(settings["block"]), tuple(settings["chunks"]))
         except ValueError as error:
@@ -77,36 +76,46 @@ def _header(spec: str, key: str) -> dict[str, Any]:
     return {"shape": list(volume.shape), "input_file": str(volume_file(spec))}
 
 
+def _model_entries(value: Any, runs: Sequence[str], seeds: Sequence[int]) -> list[str]:
+    """A volume's `model`: run references or paths, one or a list; empty means the first run."""
+    entries = value if isinstance(value, list) else [value]
+    entries = [str(entry) for entry in entries if entry not in (None, "")]
+    return entries or [f"{runs[0]}/fold0/seed{seeds[0]}"]
+
+
+def _run_reference(entry: str) -> re.Match[str] | None:
+    """The entry as name/fold<k>/seed<s>, unless a file of that name exists (then it is a path)."""
+    run = RUN_REFERENCE.match(entry)
+    return run if run and not Path(entry).expanduser().exists() else None
+
+
 def _segment_settings(
-    value: Any, run_settings: Mapping[str, Mapping[str, Any]], config: Mapping[str, Any]
+    entries: Sequence[str], run_settings: Mapping[str, Mapping[str, Any]], config: Mapping[str, Any]
 ) -> dict[str, Any]:
     """The `segment:` of the grid model whose runs the volume applies, else the config's own.
 
     A volume applied with `vnet/fold0/seed0` (or several runs of vnet) is cut into cells as vnet's
     own runs are; model files and mixed models have no such model and take `segment:`.
     """
-    entries = value if isinstance(value, list) else [value]
-    entries = [str(entry) for entry in entries if entry not in (None, "")]
-    if not entries:  # the grid's first run, as _model_files takes it
-        return dict(next(iter(run_settings.values()))["segment"])
-    names = {match["name"] if match else None for match in map(RUN_REFERENCE.match, entries)}
+    names = {run["name"] if run else None for run in map(_run_reference, entries)}
     if len(names) == 1 and None not in names:
         return dict(run_settings[names.pop()]["segment"])
     return dict(config["segment"])
 
 
 def _model_files(
-    value: Any, key: str, runs: Sequence[str], folds: int, seeds: Sequence[int], runs_dir: Path
+    entries: Sequence[str],
+    key: str,
+    runs: Sequence[str],
+    folds: int,
+    seeds: Sequence[int],
+    runs_dir: Path,
 ) -> list[str]:
-    """Model files for a run reference, a path, or a list of them; empty means the first run."""
-    entries = value if isinstance(value, list) else [value]
-    entries = [str(entry) for entry in entries if entry not in (None, "")]
-    if not entries:
-        entries = [f"{runs[0]}/fold0/seed{seeds[0]}"]
+    """Model files for the volume's run references and paths."""
     files = []
     for entry in entries:
-        run = RUN_REFERENCE.match(entry)
-        if run and not Path(entry).expanduser().exists():
+        run = _run_reference(entry)
+        if run:
             name, fold, seed = run["name"], int(run["fold"]), int(run["seed"])
             if name not in runs or fold >= folds or seed not in seeds:
                 known = f"{runs[0]}/fold0/seed{seeds[0]}"
