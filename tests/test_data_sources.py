@@ -16,7 +16,7 @@ from PIL import Image
 
 from emseg.io import read_stack
 from emseg.synthetic import synthetic_stack
-from workflow_helpers import ISBI, snakemake, write_config
+from workflow_helpers import ISBI, jobs_planned, snakemake, write_config
 
 PADDED = "results/preprocessed/padded0/labelled_images.tif"
 needs_isbi = pytest.mark.skipif(not ISBI.is_dir(), reason="ISBI 2012 data not found")
@@ -136,6 +136,16 @@ def test_isbi_source_over_http(tmp_path: Path, isbi_server: str) -> None:
     fetched = json.loads((tmp_path / "results/data/isbi2012/fetched.json").read_text())
     assert fetched["origin"] == isbi_server and len(fetched["files"]) == 90
     assert not list((tmp_path / "results").rglob("*.part"))
+    # The same bytes from a mirror (the SHA-256 sums pin them): nothing is fetched or rebuilt again.
+    again = snakemake(
+        tmp_path,
+        "results/data/dataset.json",
+        "-n",
+        config=config,
+        env={"EMSEG_ISBI_MIRROR": str(ISBI)},
+    )
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert jobs_planned(again) == {}
 
 
 def _fails_naming(tmp_path: Path, config: Path, *needles: str) -> str:

@@ -324,6 +324,20 @@ def test_coerce_to_schema_converts_typed_strings(config: dict[str, Any]) -> None
     jsonschema.Draft202012Validator(yaml.safe_load(SCHEMA.read_text())).validate(config)
 
 
+def test_coerce_to_schema_converts_list_items(config: dict[str, Any]) -> None:
+    """snakemake --config cv='{seeds: [0, 1, 2]}' hands over the items as strings."""
+    config["cv"]["seeds"] = ["0", "1", "2"]
+    config["split"]["val_slices"] = ["3", " 4"]
+    config["apply"]["block"] = ["1", "512", "512"]  # items through the schema's $ref
+    config["augment"]["rotate"] = ["true"]  # a list where the schema wants a boolean: left alone
+    coerce_to_schema(config, SCHEMA)
+    assert config["cv"]["seeds"] == [0, 1, 2]
+    assert all(isinstance(seed, int) for seed in config["cv"]["seeds"])
+    assert config["split"]["val_slices"] == [3, 4]
+    assert config["apply"]["block"] == [1, 512, 512]
+    assert config["augment"]["rotate"] == ["true"]
+
+
 def test_coerce_to_schema_leaves_strings_alone(config: dict[str, Any]) -> None:
     config["model"]["name"] = "5"
     config["results"] = "1e-3"

@@ -14,8 +14,6 @@ if SOURCE == "isbi2012":
         conda:
             "../../envs/emseg.yaml"
         params:
-            base_url=config["data"]["base_url"],
-            mirror=str(isbi_mirror(config) or ""),
             folder=DATA / "isbi2012" / "files",
         script:
             "../scripts/download_isbi2012.py"

@@ -122,11 +122,20 @@ def _coerce(
         sub = properties.get(key, extra if isinstance(extra, dict) else None)
         if sub is None:
             continue
-        sub = _resolve(sub, definitions)
-        if isinstance(value, dict):
-            _coerce(value, sub, definitions)
-        elif isinstance(value, str):
-            node[key] = _convert(value, sub.get("type"))
+        node[key] = _coerced(value, _resolve(sub, definitions), definitions)
+
+
+def _coerced(value: Any, schema: Mapping[str, Any], definitions: Mapping[str, Any]) -> Any:
+    """`value` with its strings converted where `schema` (and, in lists, `items`) is sure."""
+    if isinstance(value, dict):
+        _coerce(value, schema, definitions)
+        return value
+    if isinstance(value, list) and isinstance(schema.get("items"), dict):
+        items = _resolve(schema["items"], definitions)
+        return [_coerced(item, items, definitions) for item in value]
+    if isinstance(value, str):
+        return _convert(value, schema.get("type"))
+    return value
 
 
 def _resolve(schema: Mapping[str, Any], definitions: Mapping[str, Any]) -> Mapping[str, Any]:
