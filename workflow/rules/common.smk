@@ -1,5 +1,6 @@
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 from snakemake.utils import validate
 
@@ -39,6 +40,9 @@ PRE = RESULTS / "preprocessed"
 AUG = RESULTS / "augment"
 RUNS = RESULTS / "runs"
 RUN = RUNS / "{name}" / "fold{fold}" / "seed{seed}"
+SEED_ENSEMBLE = (
+    RUNS / "{name}" / "fold{fold}" / "ensemble"
+)  # a fold's seeds averaged, scored
 EXPORT_PACKAGE = RUN / "bioimageio" / "{name}_fold{fold}_seed{seed}.zip"
 APPLY = RESULTS / "apply"
 LOGS = RESULTS / "logs"
@@ -48,6 +52,7 @@ SOURCE = config["data"]["source"]
 SETTINGS = run_settings(config)  # model name -> {"model": ..., "train": ...}
 FOLDS = folds(config)  # [{"training": [...], "validation": [...]}, ...]
 SEEDS = [int(seed) for seed in config["cv"]["seeds"]]
+SCORE_SEED_ENSEMBLES = config["cv"]["ensemble"] and len(SEEDS) > 1
 try:  # volumes to segment: settings with model files and job counts, planned from headers
     VOLUMES = apply_volumes(config, SETTINGS, len(FOLDS), SEEDS, RUNS)
 except ConfigError as error:
@@ -119,6 +124,14 @@ def run_hash(wildcards):
     )
 
 
+def seed_ensemble_hash(wildcards):
+    """What a fold's seed ensemble depends on: the runs it averages."""
+    seeds = [
+        SimpleNamespace(name=wildcards.name, fold=wildcards.fold, seed=s) for s in SEEDS
+    ]
+    return config_hash([run_hash(run) for run in seeds])
+
+
 def shards(wildcards):
     """The augmentation shards of the run's training slices."""
     return [AUG / f"slice{index}.npy" for index in fold_split(wildcards)["training"]]
@@ -132,6 +145,21 @@ def shard_records(wildcards):
 def all_runs(pattern):
     """`pattern` (a path with {name}, {fold}, {seed}) for every run of the grid."""
     return expand(str(pattern), name=list(SETTINGS), fold=range(len(FOLDS)), seed=SEEDS)
+
+
+def seed_ensembles(pattern):
+    """`pattern` (a path with {name}, {fold}) for every model and fold whose seeds are averaged
+    on their shared held-out slices (cv.ensemble with several seeds); none otherwise."""
+    if not SCORE_SEED_ENSEMBLES:
+        return []
+    return expand(str(pattern), name=list(SETTINGS), fold=range(len(FOLDS)))
+
+
+def run_seeds(pattern):
+    """`pattern` (a path with {name}, {fold}, {seed}) for each seed of one model and fold."""
+    return lambda wildcards: expand(
+        str(pattern), name=wildcards.name, fold=wildcards.fold, seed=SEEDS
+    )
 
 
 def final_targets():
@@ -150,6 +178,8 @@ def final_targets():
                 name=list(SETTINGS),
                 kind=["membrane_prob", "segmentation"],
             )
+    targets += seed_ensembles(SEED_ENSEMBLE / "metrics" / "summary.json")
+    targets += seed_ensembles(SEED_ENSEMBLE / "predict" / "val_segmentation.tif")
     if len(SETTINGS) * len(FOLDS) * len(SEEDS) > 1:
         targets += [RESULTS / "comparison.csv", RESULTS / "comparison.html"]
     if config.get("export", {}).get("with_default_target"):

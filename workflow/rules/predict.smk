@@ -67,6 +67,24 @@ rule ensemble:
         "../scripts/ensemble.py"
 
 
+rule ensemble_held_out:
+    """Average the held-out probabilities of a fold's seed runs (cv.ensemble, several seeds):
+    they share the fold's held-out slices, so the ensemble is scored like one run."""
+    input:
+        probs=run_seeds(RUN / "predict" / "val_membrane_prob.tif"),
+    output:
+        prob=SEED_ENSEMBLE / "predict" / "val_membrane_prob.tif",
+        mask=SEED_ENSEMBLE / "predict" / "val_mask.tif",
+    log:
+        LOGS / "ensemble_{name}_fold{fold}.log",
+    conda:
+        "../../envs/emseg.yaml"
+    params:
+        threshold=config["predict"]["threshold"],
+    script:
+        "../scripts/ensemble.py"
+
+
 rule score:
     """ISBI 2012 scores (V_rand, V_info) and pixel scores on the held-out slices."""
     input:
@@ -95,6 +113,38 @@ rule score:
             "config_hash": run_hash(wildcards),
             "seed": int(wildcards.seed),
             "fold": int(wildcards.fold),
+        },
+    script:
+        "../scripts/score.py"
+
+
+rule score_ensemble:
+    """The scores of a fold's seed ensemble on the held-out slices, as for a single run."""
+    input:
+        prob=SEED_ENSEMBLE / "predict" / "val_membrane_prob.tif",
+        segmentation=SEED_ENSEMBLE / "predict" / "val_segmentation.tif",
+        labels=PRE / "labels.tif",
+    output:
+        per_slice=report(
+            SEED_ENSEMBLE / "metrics" / "per_slice.csv",
+            category="Scores",
+            subcategory="{name} fold {fold} seed ensemble",
+        ),
+        thresholds=SEED_ENSEMBLE / "metrics" / "thresholds.csv",
+        summary=SEED_ENSEMBLE / "metrics" / "summary.json",
+    log:
+        LOGS / "score_ensemble_{name}_fold{fold}.log",
+    conda:
+        "../../envs/emseg.yaml"
+    params:
+        slices=lambda wildcards: fold_split(wildcards)["validation"],
+        segment_method=lambda wildcards: SETTINGS[wildcards.name]["segment"]["method"],
+        run=lambda wildcards: {
+            "name": wildcards.name,
+            "arch": SETTINGS[wildcards.name]["model"]["arch"],
+            "config_hash": seed_ensemble_hash(wildcards),
+            "fold": int(wildcards.fold),
+            "ensemble_seeds": SEEDS,
         },
     script:
         "../scripts/score.py"
@@ -142,6 +192,7 @@ rule compare:
     input:
         summaries=all_runs(RUN / "metrics" / "summary.json"),
         train_summaries=all_runs(RUN / "train_summary.json"),
+        ensembles=seed_ensembles(SEED_ENSEMBLE / "metrics" / "summary.json"),
     output:
         table=report(RESULTS / "comparison.csv", category="Comparison"),
         page=report(RESULTS / "comparison.html", category="Comparison"),

@@ -37,3 +37,19 @@ rule segment_ensemble:
         segment=lambda wildcards: SETTINGS[wildcards.name]["segment"],
     script:
         "../scripts/segment.py"
+
+
+rule segment_held_out_ensemble:
+    """Label image of a fold's seed ensemble on the held-out slices (cv.ensemble, several seeds)."""
+    input:
+        prob=SEED_ENSEMBLE / "predict" / "val_membrane_prob.tif",
+    output:
+        labels=SEED_ENSEMBLE / "predict" / "val_segmentation.tif",
+    log:
+        LOGS / "segment_ensemble_{name}_fold{fold}.log",
+    conda:
+        "../../envs/emseg.yaml"
+    params:
+        segment=lambda wildcards: SETTINGS[wildcards.name]["segment"],
+    script:
+        "../scripts/segment.py"

@@ -13,8 +13,9 @@ def main(snakemake: Any) -> None:
     table = comparison_table(
         [read_json(path) for path in snakemake.input.summaries],
         [read_json(path) for path in snakemake.input.train_summaries],
+        [read_json(path) for path in snakemake.input.ensembles],
     )
-    LOG.info("%d runs compared", len(table))
+    LOG.info("%d runs and seed ensembles compared", len(table))
     with atomic_path(snakemake.output.table) as tmp:
         table.to_csv(tmp, index=False)
     write_html(Path(snakemake.output.page), render_comparison(table))

@@ -43,25 +43,44 @@ NAMES = {
 
 
 def comparison_table(
-    summaries: Sequence[Mapping[str, Any]], train_summaries: Sequence[Mapping[str, Any]]
+    summaries: Sequence[Mapping[str, Any]],
+    train_summaries: Sequence[Mapping[str, Any]],
+    ensembles: Sequence[Mapping[str, Any]] = (),
 ) -> pd.DataFrame:
-    """One row per run: its held-out scores and the wall and GPU time its training took."""
-    rows = []
+    """One row per run: its held-out scores and the wall and GPU time its training took.
+
+    Each seed ensemble of `ensembles` (a fold's seeds averaged on their held-out slices) adds a
+    row named '<model> ensemble', without a seed, whose training time is that of its runs.
+    """
+    rows, trainings = [], {}
     for scores, training in zip(summaries, train_summaries, strict=True):
-        seconds = float(training.get("train_seconds", float("nan")))
-        on_gpu = str(training.get("device", "")).startswith("cuda")
-        rows.append(
-            {
-                **{key: scores.get(key) for key in COLUMNS if key in scores},
-                "parameters": training.get("parameters"),
-                "train_seconds": seconds,
-                "gpu_seconds": seconds if on_gpu else 0.0,
-                "device": training.get("device", ""),
-            }
-        )
+        trainings[(scores.get("name"), scores.get("fold"), scores.get("seed"))] = training
+        rows.append(_row(scores, [training]))
+    for scores in ensembles:
+        members = [
+            trainings.get((scores.get("name"), scores.get("fold"), seed), {})
+            for seed in scores.get("ensemble_seeds", [])
+        ]
+        rows.append(_row(scores, members) | {"name": f"{scores.get('name')} ensemble"})
     table = pd.DataFrame(rows)
     table["parameters"] = pd.to_numeric(table["parameters"])  # NaN for runs trained before it
+    table["seed"] = table["seed"].astype("Int64")  # empty for the ensembles
     return table[[c for c in COLUMNS if c in table]].sort_values(["name", "fold", "seed"])
+
+
+def _row(scores: Mapping[str, Any], trainings: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """A comparison row: the scores, and the network size and training time of its run(s)."""
+    seconds = [float(training.get("train_seconds", float("nan"))) for training in trainings]
+    devices = [str(training.get("device", "")) for training in trainings]
+    on_gpu = [device.startswith("cuda") for device in devices]
+    return {
+        **{key: scores.get(key) for key in COLUMNS if key in scores},
+        "seed": scores.get("seed"),
+        "parameters": trainings[0].get("parameters") if trainings else None,
+        "train_seconds": sum(seconds) if seconds else float("nan"),
+        "gpu_seconds": sum(s for s, gpu in zip(seconds, on_gpu, strict=True) if gpu),
+        "device": ", ".join(sorted(set(devices))),
+    }
 
 
 def per_model(table: pd.DataFrame) -> pd.DataFrame:
@@ -143,8 +162,8 @@ def render_comparison(table: pd.DataFrame) -> str:
     plot = base64.b64encode(distribution_png(table)).decode()
     body = (
         "<header><h1>emseg: model comparison</h1>"
-        f'<p class="facts"><span>runs: <b>{len(table)}</b></span>'
-        f"<span>models: <b>{table['name'].nunique()}</b></span>"
+        f'<p class="facts"><span>runs: <b>{table["seed"].notna().sum()}</b></span>'
+        f"<span>models: <b>{table.loc[table['seed'].notna(), 'name'].nunique()}</b></span>"
         f"<span>folds: <b>{table['fold'].nunique()}</b></span>"
         f"<span>seeds: <b>{table['seed'].nunique()}</b></span></p></header>"
         "<h2>Per model</h2>"
@@ -152,7 +171,10 @@ def render_comparison(table: pd.DataFrame) -> str:
         " model&#8217;s folds and seeds, on each run&#8217;s held-out slices; ★ marks the best"
         " model for that score. &#8220;Map&#8221;: the probability map scored as the challenge"
         " does, at the best threshold of its sweep on the scored slices; &#8220;cells&#8221;:"
-        " the segmentation&#8217;s label image, nothing chosen on the scored slices.</p>"
+        " the segmentation&#8217;s label image, nothing chosen on the scored slices."
+        " &#8220;&lt;model&gt; ensemble&#8221; (cv.ensemble with several seeds): each"
+        " fold&#8217;s seed runs averaged on their shared held-out slices, one row per fold,"
+        " its training time the sum of its runs&#8217;.</p>"
         + _per_model_html(per_model(table))
         + "<h2>Held-out scores of every run</h2>"
         + f'<img class="curve" alt="score distributions" src="data:image/png;base64,{plot}">'

@@ -181,7 +181,7 @@ pre {
 
 def format_value(value: Any) -> str:
     """Floats to 4 decimals, integers and strings as they are, missing values as 'n/a'."""
-    if value is None:
+    if value is None or value is pd.NA:
         return "n/a"
     if isinstance(value, bool | np.bool_):
         return str(bool(value))
