@@ -39,8 +39,10 @@ def snakemake(
     config: Path | None = None,
     env: Mapping[str, str] | None = None,
     timeout: float = 600,
+    cores: int | None = 2,
 ) -> subprocess.CompletedProcess[str]:
-    """Run snakemake on the repo's Snakefile with `folder` as working directory."""
+    """Run snakemake on the repo's Snakefile with `folder` as working directory
+    (cores None: without --cores, as commands that run no job are typed)."""
     command = [
         sys.executable,
         "-m",
@@ -49,8 +51,7 @@ def snakemake(
         str(REPO / "Snakefile"),
         "-d",
         str(folder),
-        "--cores",
-        "2",
+        *(["--cores", str(cores)] if cores is not None else []),
         *args,  # targets and flags first: everything after --configfile is a config file
         "--configfile",
         str(REPO / "config.yaml"),

@@ -105,6 +105,15 @@ def padded(stack):
     return lambda wildcards: PRE / f"padded{margin(wildcards)}" / f"{stack}_images.tif"
 
 
+def all_cores():
+    """The cores given to this run; 1 for a command given none (`--report`, `--list-changes`),
+    which runs no job: reading workflow.cores would stop it with an error."""
+    try:
+        return workflow.cores
+    except WorkflowError:
+        return 1
+
+
 def fold_split(wildcards):
     return FOLDS[int(wildcards.fold)]
 

@@ -20,7 +20,7 @@ rule export_bioimageio:
         name=r"[^/]+",  # any name, so that a run outside the grid gets a message, not "no rule"
     conda:
         "../../envs/export.yaml"
-    threads: workflow.cores
+    threads: all_cores()
     params:
         held_out=lambda wildcards: fold_split(wildcards)["validation"],
         training=lambda wildcards: fold_split(wildcards)["training"],

@@ -19,7 +19,7 @@ rule predict:
         subset="val|test",
     conda:
         "../../envs/emseg.yaml"
-    threads: workflow.cores
+    threads: all_cores()
     resources:
         gpu=int(config["predict"]["device"] in ("auto", "cuda")),
     params:

@@ -27,7 +27,7 @@ rule train:
         BENCH / "train_{name}_fold{fold}_seed{seed}.tsv"
     conda:
         "../../envs/emseg.yaml"
-    threads: workflow.cores
+    threads: all_cores()
     resources:
         gpu=lambda wildcards: int(
             SETTINGS[wildcards.name]["train"]["device"] in ("auto", "cuda")
