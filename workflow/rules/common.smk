@@ -18,7 +18,6 @@ from emseg.settings import (  # noqa: E402
     describe_schema_error,
     export_run,
     folds,
-    isbi_mirror,
     labelled_slice_count,
     run_settings,
 )
@@ -40,9 +39,8 @@ PRE = RESULTS / "preprocessed"
 AUG = RESULTS / "augment"
 RUNS = RESULTS / "runs"
 RUN = RUNS / "{name}" / "fold{fold}" / "seed{seed}"
-SEED_ENSEMBLE = (
-    RUNS / "{name}" / "fold{fold}" / "ensemble"
-)  # a fold's seeds averaged, scored
+# A fold's seed runs averaged on their held-out slices, segmented and scored (cv.ensemble).
+SEED_ENSEMBLE = RUNS / "{name}" / "fold{fold}" / "ensemble"
 EXPORT_PACKAGE = RUN / "bioimageio" / "{name}_fold{fold}_seed{seed}.zip"
 APPLY = RESULTS / "apply"
 LOGS = RESULTS / "logs"
