@@ -12,7 +12,7 @@ import pytest
 import tifffile
 
 from emseg.segmentation import SegmentSettings, segment_stack
-from workflow_helpers import jobs_planned, snakemake, write_config
+from workflow_helpers import jobs_planned, run_to_the_end, snakemake, write_config
 
 GRID = {
     "cv": {"folds": 3, "seeds": [0], "ensemble": True},
@@ -30,10 +30,7 @@ GRID = {
 
 @pytest.fixture(scope="module")
 def grid(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("grid")
-    result = snakemake(folder, config=write_config(folder, GRID))
-    assert result.returncode == 0, result.stderr[-3000:]
-    return folder
+    return run_to_the_end(tmp_path_factory.mktemp("grid"), GRID)
 
 
 def test_every_run_is_compared(grid: Path) -> None:

@@ -12,7 +12,7 @@ import pytest
 from emseg.io import read_stack
 from emseg.metrics import label_scores
 from emseg.segmentation import SegmentSettings, segment_stack
-from workflow_helpers import jobs_planned, snakemake, write_config
+from workflow_helpers import jobs_planned, run_to_the_end, snakemake, write_config
 
 GRID = {"cv": {"folds": 1, "seeds": [0, 1], "ensemble": True}}
 RUNS = Path("results/runs/tiny/fold0")
@@ -21,10 +21,7 @@ RUNS = Path("results/runs/tiny/fold0")
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny config trained with two seeds, their ensemble scored, run to the end once."""
-    folder = tmp_path_factory.mktemp("seeds")
-    result = snakemake(folder, config=write_config(folder, GRID))
-    assert result.returncode == 0, result.stderr[-3000:]
-    return folder
+    return run_to_the_end(tmp_path_factory.mktemp("seeds"), GRID)
 
 
 def test_the_held_out_ensemble_is_the_mean_of_the_seeds(finished: Path) -> None:

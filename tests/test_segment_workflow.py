@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from emseg.io import read_stack
-from workflow_helpers import jobs_planned, snakemake, write_config
+from workflow_helpers import jobs_planned, run_to_the_end, snakemake, write_config
 
 GRID = {"cv": {"folds": 2, "seeds": [0], "ensemble": True}}
 RUNS = Path("results/runs/tiny")
@@ -19,10 +19,7 @@ RUNS = Path("results/runs/tiny")
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Two folds of the tiny config with their ensemble, run to the end once."""
-    folder = tmp_path_factory.mktemp("segment")
-    result = snakemake(folder, config=write_config(folder, GRID))
-    assert result.returncode == 0, result.stderr[-3000:]
-    return folder
+    return run_to_the_end(tmp_path_factory.mktemp("segment"), GRID)
 
 
 def test_every_probability_stack_gets_a_label_image(finished: Path) -> None:

@@ -69,6 +69,13 @@ def snakemake(
     )
 
 
+def run_to_the_end(folder: Path, override: Mapping[str, Any]) -> Path:
+    """The tiny config with `override`, run to the end in `folder` (the tests' shared fixture)."""
+    result = snakemake(folder, config=write_config(folder, override))
+    assert result.returncode == 0, result.stderr[-3000:]
+    return folder
+
+
 def start_snakemake(folder: Path, config: Path, *targets: str) -> subprocess.Popen[str]:
     """Snakemake in the background, in its own process group so that a kill reaches every job."""
     command = [
