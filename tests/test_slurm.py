@@ -272,8 +272,8 @@ def test_a_requeued_training_resumes_from_its_checkpoint(
     job_id = requeue_after_first_checkpoint(folder, run)
     run.join()
     [result] = outcome
-    assert result.returncode == 0, text(result)[-5000:]
     assert job_id is not None, "the training job ended before it could be requeued"
+    assert result.returncode == 0, requeue_report(result, job_id)
     assert "Restarts=1" in slurm("scontrol", "show", "job", job_id), "SLURM ran it twice"
     train_log = (folder / one(folder, "train_*.log")).read_text()
     assert re.search(r"resuming from \S*last\.pt at step [1-9]\d* of 1500", train_log), train_log
@@ -294,12 +294,33 @@ def requeue_after_first_checkpoint(folder: Path, run: threading.Thread) -> str |
 
 
 def start_now(job_id: str) -> None:
-    """A requeued job may start again only two minutes later; let it start at once."""
+    """A requeued job may start again only two minutes later; start it once its first run is gone.
+
+    The wait lets a loaded node finish the first run (its batch script reports its end after the
+    job is already pending again); starting the second run before that can make SLURM end it.
+    """
     deadline = time.monotonic() + 60
-    while slurm("squeue", "-h", "-j", job_id, "-o", "%T").strip() != "PENDING":
+    while slurm("squeue", "-h", "-j", job_id, "-o", "%T").strip() != "PENDING" or processes_of(
+        job_id
+    ):
         assert time.monotonic() < deadline, f"job {job_id} was not requeued"
         time.sleep(0.2)
     slurm("scontrol", "update", f"JobId={job_id}", "StartTime=now")
+
+
+def processes_of(job_id: str) -> list[str]:
+    """The processes the node still runs for a job (`scontrol listpids`; none once it has ended)."""
+    listed = subprocess.run(
+        ["scontrol", "listpids", job_id], capture_output=True, text=True, timeout=30, check=False
+    )
+    return listed.stdout.splitlines()[1:] if listed.returncode == 0 else []
+
+
+def requeue_report(result: subprocess.CompletedProcess[str], job_id: str) -> str:
+    """Why a requeued run failed: the executor's verdict and the controller's record of the job."""
+    verdicts = [line for line in text(result).splitlines() if "SLURM-job" in line]
+    record = re.findall(rf"^.*JobId={job_id}\b.*$", controller_log(), re.MULTILINE)
+    return "\n".join([*verdicts, *record, text(result)[-3000:]])
 
 
 def apply_section(folder: Path) -> dict[str, Any]:
