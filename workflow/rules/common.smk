@@ -1,6 +1,5 @@
 import sys
 from pathlib import Path
-from types import SimpleNamespace
 
 from snakemake.utils import validate
 
@@ -118,7 +117,11 @@ def fold_split(wildcards):
 
 def run_hash(wildcards):
     """What the run's results depend on, recorded with them and checked when resuming."""
-    settings = SETTINGS[wildcards.name]
+    return hash_of_run(wildcards.name, int(wildcards.fold), int(wildcards.seed))
+
+
+def hash_of_run(name, fold, seed):
+    settings = SETTINGS[name]
     return config_hash(
         config["data"],
         config["preprocess"],
@@ -126,17 +129,15 @@ def run_hash(wildcards):
         config["augment"],
         settings["model"],
         settings["train"],
-        fold_split(wildcards),
-        int(wildcards.seed),
+        FOLDS[fold],
+        seed,
     )
 
 
 def seed_ensemble_hash(wildcards):
     """What a fold's seed ensemble depends on: the runs it averages."""
-    seeds = [
-        SimpleNamespace(name=wildcards.name, fold=wildcards.fold, seed=s) for s in SEEDS
-    ]
-    return config_hash([run_hash(run) for run in seeds])
+    fold = int(wildcards.fold)
+    return config_hash([hash_of_run(wildcards.name, fold, seed) for seed in SEEDS])
 
 
 def shards(wildcards):

@@ -67,9 +67,9 @@ rule ensemble:
         "../scripts/ensemble.py"
 
 
-rule ensemble_held_out:
-    """Average the held-out probabilities of a fold's seed runs (cv.ensemble, several seeds):
-    they share the fold's held-out slices, so the ensemble is scored like one run."""
+# A fold's seed runs share its held-out slices (cv.ensemble, several seeds): their average is
+# scored like one run.
+use rule ensemble as ensemble_held_out with:
     input:
         probs=run_seeds(RUN / "predict" / "val_membrane_prob.tif"),
     output:
@@ -77,12 +77,6 @@ rule ensemble_held_out:
         mask=SEED_ENSEMBLE / "predict" / "val_mask.tif",
     log:
         LOGS / "ensemble_{name}_fold{fold}.log",
-    conda:
-        "../../envs/emseg.yaml"
-    params:
-        threshold=config["predict"]["threshold"],
-    script:
-        "../scripts/ensemble.py"
 
 
 rule score:
@@ -118,8 +112,8 @@ rule score:
         "../scripts/score.py"
 
 
-rule score_ensemble:
-    """The scores of a fold's seed ensemble on the held-out slices, as for a single run."""
+# A fold's seed ensemble, scored on the held-out slices as a single run is.
+use rule score as score_ensemble with:
     input:
         prob=SEED_ENSEMBLE / "predict" / "val_membrane_prob.tif",
         segmentation=SEED_ENSEMBLE / "predict" / "val_segmentation.tif",
@@ -134,8 +128,6 @@ rule score_ensemble:
         summary=SEED_ENSEMBLE / "metrics" / "summary.json",
     log:
         LOGS / "score_ensemble_{name}_fold{fold}.log",
-    conda:
-        "../../envs/emseg.yaml"
     params:
         slices=lambda wildcards: fold_split(wildcards)["validation"],
         segment_method=lambda wildcards: SETTINGS[wildcards.name]["segment"]["method"],
@@ -146,8 +138,6 @@ rule score_ensemble:
             "fold": int(wildcards.fold),
             "ensemble_seeds": SEEDS,
         },
-    script:
-        "../scripts/score.py"
 
 
 rule report:

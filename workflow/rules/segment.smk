@@ -21,8 +21,8 @@ rule segment:
         "../scripts/segment.py"
 
 
-rule segment_ensemble:
-    """Label image of a model's ensemble test probabilities (cv.ensemble)."""
+# A model's ensemble of test probabilities (cv.ensemble).
+use rule segment as segment_ensemble with:
     input:
         prob=RUNS / "{name}" / "ensemble_test_membrane_prob.tif",
     output:
@@ -31,25 +31,15 @@ rule segment_ensemble:
         LOGS / "segment_ensemble_{name}.log",
     benchmark:
         BENCH / "segment_ensemble_{name}.tsv"
-    conda:
-        "../../envs/emseg.yaml"
-    params:
-        segment=lambda wildcards: SETTINGS[wildcards.name]["segment"],
-    script:
-        "../scripts/segment.py"
 
 
-rule segment_held_out_ensemble:
-    """Label image of a fold's seed ensemble on the held-out slices (cv.ensemble, several seeds)."""
+# A fold's seed ensemble on its held-out slices (cv.ensemble, several seeds).
+use rule segment as segment_held_out_ensemble with:
     input:
         prob=SEED_ENSEMBLE / "predict" / "val_membrane_prob.tif",
     output:
         labels=SEED_ENSEMBLE / "predict" / "val_segmentation.tif",
     log:
         LOGS / "segment_ensemble_{name}_fold{fold}.log",
-    conda:
-        "../../envs/emseg.yaml"
-    params:
-        segment=lambda wildcards: SETTINGS[wildcards.name]["segment"],
-    script:
-        "../scripts/segment.py"
+    benchmark:
+        BENCH / "segment_ensemble_{name}_fold{fold}.tsv"
