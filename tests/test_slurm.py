@@ -300,12 +300,16 @@ def start_now(job_id: str) -> None:
     job is already pending again); starting the second run before that can make SLURM end it.
     """
     deadline = time.monotonic() + 60
-    while slurm("squeue", "-h", "-j", job_id, "-o", "%T").strip() != "PENDING" or processes_of(
-        job_id
-    ):
+    while not first_run_gone(job_id):
         assert time.monotonic() < deadline, f"job {job_id} was not requeued"
         time.sleep(0.2)
     slurm("scontrol", "update", f"JobId={job_id}", "StartTime=now")
+
+
+def first_run_gone(job_id: str) -> bool:
+    """The job waits to run again, and the node runs no process of its first run any more."""
+    pending = slurm("squeue", "-h", "-j", job_id, "-o", "%T").strip() == "PENDING"
+    return pending and not processes_of(job_id)
 
 
 def processes_of(job_id: str) -> list[str]:

@@ -128,9 +128,7 @@ use rule score as score_ensemble with:
         summary=SEED_ENSEMBLE / "metrics" / "summary.json",
     log:
         LOGS / "score_ensemble_{name}_fold{fold}.log",
-    params:
-        slices=lambda wildcards: fold_split(wildcards)["validation"],
-        segment_method=lambda wildcards: SETTINGS[wildcards.name]["segment"]["method"],
+    params:  # only `run` differs; `slices` and `segment_method` are score's
         run=lambda wildcards: {
             "name": wildcards.name,
             "arch": SETTINGS[wildcards.name]["model"]["arch"],
