@@ -30,6 +30,7 @@ from bioimageio.spec import load_description
 from bioimageio.spec import settings as spec_settings
 from bioimageio.spec.model import v0_5 as bio
 
+from emseg.errors import ConfigError
 from emseg.export.network import MembraneProbability
 from emseg.export.package import checked_metadata, export_package
 from emseg.export.record import Metadata, RunRecord
@@ -40,7 +41,7 @@ from emseg.io import read_json, read_stack
 from emseg.model_file import load_model_file
 from emseg.models import build_model, geometry_for
 from emseg.preprocess import Normalization, fit_normalization, mirror_pad
-from emseg.settings import ConfigError, export_run
+from emseg.settings import export_run
 from emseg.synthetic import synthetic_stack
 from emseg.tiling import TileOptions, predict_slice
 from workflow_helpers import REPO, TINY, jobs_planned, merge, snakemake, write_config

@@ -7,9 +7,9 @@ sys.path.insert(0, str(Path(workflow.basedir) / "workflow" / "scripts"))
 
 from emseg.apply_settings import apply_volumes, nvidia_gpu_present  # noqa: E402
 from emseg.blocks import BlockGrid, halo_jobs  # noqa: E402
+from emseg.errors import ConfigError  # noqa: E402
 from emseg.models.geometry import geometry_for  # noqa: E402
 from emseg.settings import (  # noqa: E402
-    ConfigError,
     check_config,
     check_export,
     coerce_to_schema,

@@ -16,8 +16,9 @@ from typing import Any
 
 from emseg.blocks import BlockGrid, check_block_shape, job_count
 from emseg.dataset import MIN_SIDE
+from emseg.errors import ConfigError
 from emseg.io import InputError
-from emseg.settings import ConfigError, refuse_braces
+from emseg.settings import refuse_braces
 from emseg.volume import open_volume, volume_file
 
 RUN_REFERENCE = re.compile(r"^(?P<name>[^/\s]+)/fold(?P<fold>\d+)/seed(?P<seed>\d+)$")

@@ -1,4 +1,9 @@
-"""Errors of the training loop that the rule scripts report as one line, without importing torch."""
+"""Errors that the rule scripts report as one line (emseg.runner), importable without torch,
+pandas or scipy: every job imports this module, so it stays light."""
+
+
+class ConfigError(ValueError):
+    """A config value is wrong; the message starts with the key."""
 
 
 class TrainingDiverged(RuntimeError):

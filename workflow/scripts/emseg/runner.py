@@ -15,9 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from emseg.download import DownloadError
-from emseg.errors import TrainingDiverged
+from emseg.errors import ConfigError, TrainingDiverged
 from emseg.io import InputError, OutputError
-from emseg.settings import ConfigError
 
 LOG = logging.getLogger("emseg")
 EXPECTED_ERRORS = (InputError, OutputError, ConfigError, DownloadError, TrainingDiverged)

@@ -18,16 +18,13 @@ from typing import Any
 import jsonschema
 import yaml
 
+from emseg.errors import ConfigError
 from emseg.io import InputError, count_slices
 from emseg.models.geometry import geometry_for, parse_spec
 from emseg.segmentation import SegmentSettings
 
 ISBI_SLICES = 30
 MIRROR_ENV = "EMSEG_ISBI_MIRROR"
-
-
-class ConfigError(ValueError):
-    """A config value is wrong; the message starts with the key."""
 
 
 def check_config(config: Mapping[str, Any]) -> None:

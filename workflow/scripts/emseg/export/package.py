@@ -26,6 +26,7 @@ from bioimageio.spec.model import v0_5 as bio
 from pydantic import ValidationError
 
 from emseg import __version__
+from emseg.errors import ConfigError
 from emseg.export.archive import normalize_zip
 from emseg.export.network import MembraneProbability
 from emseg.export.readme import citations, readme
@@ -35,7 +36,6 @@ from emseg.export.tensors import Example, cover_image
 from emseg.export.weights import save_state_dict, save_torchscript
 from emseg.io import sha256_file
 from emseg.models.geometry import parse_spec
-from emseg.settings import ConfigError
 
 WEIGHTS = "weights.pt"
 TORCHSCRIPT = "weights_torchscript.pt"
