@@ -9,12 +9,14 @@ turns, so load from other processes hits them alike.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
+from torch._inductor.utils import fresh_cache
 
 from bench.harness import Settings, Table, Timing, em_slices, log, measure_many, workflow_config
 from bench.train_speed import matmul_rate
@@ -29,6 +31,7 @@ from emseg.weightmap import unet_weight_map
 CPU = torch.device("cpu")
 VARIANTS = [(name, layout) for name in ("fp32", "bf16") for layout in (False, True)]
 EMULATED_BF16_REPEATS = 2  # runs of each bf16 variant on a CPU that emulates bf16
+COMPILE_MODES = ("eager", "torch.compile")
 
 
 @dataclass(frozen=True)
@@ -103,14 +106,17 @@ def _batch(case: Case, geometry: Any) -> Batch:
     )
 
 
-def _step_fn(case: Case, precision: Precision, batch: Batch) -> Callable[[], object]:
+def _step_fn(
+    case: Case, precision: Precision, batch: Batch, compiled: bool = False
+) -> Callable[[], object]:
     torch.manual_seed(0)
     model = precision.prepare(build_model(case.spec))
     model.train()
     optimizer = make_optimizer(model, case.train)
     scaler = torch.amp.GradScaler("cpu", enabled=False)
     loss = build_loss(case.train["loss"], case.spec["arch"])
-    runner = StepRunner(model, optimizer, scaler, loss, precision, CPU)
+    network = torch.compile(model) if compiled else model
+    runner = StepRunner(network, optimizer, scaler, loss, precision, CPU)
     return lambda: runner(batch)
 
 
@@ -138,6 +144,43 @@ def _training(settings: Settings, table: Table) -> None:
             **{"vs fp32 contiguous": timing.median / timings[(index, "fp32", False)].median},
             auto=(auto.name, auto.channels_last) == (name, layout),
         )
+
+
+def _compiled_training(settings: Settings, table: Table) -> None:
+    """The default network's step as `auto` trains it, eager and under torch.compile, taking
+    turns; the compiled one's first step (the compilation, from an empty inductor cache as on a
+    user's first run) is timed on its own."""
+    case, auto = _cases(settings)[0], choose_precision("auto", CPU, "train.precision")
+    batch = _batch(case, build_model(case.spec).geometry)
+    with fresh_cache():
+        fns = {mode: _step_fn(case, auto, batch, mode == "torch.compile") for mode in COMPILE_MODES}
+        first: dict[str, float] = {}
+        for mode, fn in fns.items():
+            started = time.perf_counter()
+            try:
+                fn()
+            except Exception as error:  # inductor needs a working C++ compiler, for one
+                table.add(model=case.name, mode=mode, note=f"not measured: {_first_line(error)}")
+                return
+            first[mode] = time.perf_counter() - started
+        warmup, repeats = (0, 2) if settings.quick else (2, max(20, settings.repeats))
+        log(f"training steps: eager and torch.compile x {repeats}, taking turns")
+        timings = measure_many(fns, repeats, warmup)
+    layout = "channels-last" if auto.channels_last else "contiguous"
+    for mode, timing in timings.items():
+        table.add(
+            model=case.name,
+            precision=f"{auto.name}, {layout}",
+            mode=mode,
+            **{"first step s": first[mode]},
+            steps=len(timing.runs),
+            **timing.columns(),
+            **{"vs eager": timing.median / timings["eager"].median},
+        )
+
+
+def _first_line(error: Exception) -> str:
+    return f"{type(error).__name__}: {str(error).strip().splitlines()[0] if str(error) else ''}"
 
 
 def _prediction(settings: Settings, table: Table) -> None:
@@ -236,6 +279,18 @@ def run(settings: Settings) -> list[Table]:
             *emulated,
         ],
     )
+    compiled = Table(
+        "Training step with torch.compile (CPU, default network)",
+        ["model", "precision", "mode", "first step s", "steps", *tail[:-1], "vs eager", "note"],
+        notes=[
+            "The default network's StepRunner call in what train.precision: auto picks on this"
+            " CPU, eager and with the network wrapped in torch.compile (inductor, default mode),"
+            " each from the same weights; first step s = its first call, which for torch.compile"
+            " is the compilation, from an empty inductor cache; then the two take turns, median"
+            " of 20 after 2 warm-up steps.",
+        ],
+    )
     _training(settings, training)
+    _compiled_training(settings, compiled)
     _prediction(settings, prediction)
-    return [peak, training, prediction]
+    return [peak, training, compiled, prediction]

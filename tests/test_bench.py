@@ -48,6 +48,7 @@ TITLES = [
     "### Tiling overhead and MONAI sliding_window_inference",
     "### CPU matmul rates by precision",
     "### Training step by precision and memory format",
+    "### Training step with torch.compile",
     "### Prediction by precision and memory format",
     "### Paper recipe: the loss along the gradient at initialisation",
     "### Paper recipe: 5 SGD steps at 4 channels",
