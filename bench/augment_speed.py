@@ -9,7 +9,7 @@ scipy/numpy code here is single-threaded, so samples/s is per core.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -18,6 +18,7 @@ from bench.harness import (
     NOT_INSTALLED,
     Settings,
     Table,
+    Timing,
     em_slices,
     log,
     measure_many,
@@ -101,44 +102,78 @@ COLUMNS = [
 ]
 
 
-def run(settings: Settings) -> list[Table]:
-    size = 64 if settings.quick else 512
-    images, labels, source = em_slices(1, size)
-    image, label = images[0], labels[0]
-    repeats, warmup = (1, 0) if settings.quick else (30, 3)
-    cases: list[tuple[str, str, Callable[[], Callable[[], Any]], str | None]] = [
-        (
+class Method(NamedTuple):
+    """One augmentation to time: who does it, what it does, its closure's builder, its package."""
+
+    method: str
+    what: str
+    build: Callable[[], Callable[[], Any]]
+    peer: str | None  # the peer package it needs (None: emseg itself)
+
+    @property
+    def key(self) -> str:
+        return f"{self.method}: {self.what}"
+
+
+def _methods(image: np.ndarray, label: np.ndarray) -> list[Method]:
+    """emseg's warp, weight map and cache sample, and the peers' elastic warps on the same data."""
+    return [
+        Method(
             "emseg augment_pair",
             "elastic only",
             lambda: _emseg(image, label, ELASTIC_ONLY, False),
             None,
         ),
-        ("emseg unet_weight_map", "weight map of one label", lambda: _weight_map_only(label), None),
-        (
+        Method(
+            "emseg unet_weight_map",
+            "weight map of one label",
+            lambda: _weight_map_only(label),
+            None,
+        ),
+        Method(
             "emseg augment + weight map",
             "elastic only",
             lambda: _emseg(image, label, ELASTIC_ONLY, True),
             None,
         ),
-        (
+        Method(
             "emseg augment + weight map",
             "config.yaml (elastic, rotate, shift, zoom, flip, gray values): one cache sample",
             lambda: _emseg(image, label, AugmentConfig(), True),
             None,
         ),
-        (
+        Method(
             "elasticdeform.deform_random_grid",
             "elastic only (image order 3, label order 0)",
             lambda: _elasticdeform(image, label),
             "elasticdeform",
         ),
-        (
+        Method(
             "MONAI Rand2DElasticd",
             "elastic only (image bicubic, label nearest)",
             lambda: _monai(image, label),
             "monai",
         ),
     ]
+
+
+def _time_on_one_thread(methods: list[Method], repeats: int, warmup: int) -> dict[str, Timing]:
+    """The installed methods round-robin, torch on one thread as numpy and scipy are."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        log(f"augmentation: {len(methods)} methods, {repeats} samples each, round-robin")
+        installed = [m for m in methods if m.peer is None or package_version(m.peer)]
+        return measure_many({m.key: m.build() for m in installed}, repeats, warmup)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def run(settings: Settings) -> list[Table]:
+    size = 64 if settings.quick else 512
+    images, labels, source = em_slices(1, size)
+    repeats, warmup = (1, 0) if settings.quick else (30, 3)
+    methods = _methods(images[0], labels[0])
     table = Table(
         f"Augmentation of one {size} x {size} sample, single thread",
         COLUMNS,
@@ -151,31 +186,22 @@ def run(settings: Settings) -> list[Table]:
             " > 1 means slower than emseg.",
         ],
     )
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        log(f"augmentation: {len(cases)} methods, {repeats} samples each, round-robin")
-        installed = [case for case in cases if case[3] is None or package_version(case[3])]
-        timings = measure_many(
-            {f"{method}: {what}": build() for method, what, build, _ in installed}, repeats, warmup
-        )
-    finally:
-        torch.set_num_threads(threads)
-    reference = timings[f"{cases[0][0]}: {cases[0][1]}"].median
-    for method, what, _, peer in cases:
-        timing = timings.get(f"{method}: {what}")
+    timings = _time_on_one_thread(methods, repeats, warmup)
+    reference = timings[methods[0].key].median
+    for method in methods:
+        timing = timings.get(method.key)
         if timing is None:
-            table.add(method=method, what=what, note=NOT_INSTALLED)
+            table.add(method=method.method, what=method.what, note=NOT_INSTALLED)
             continue
         table.add(
-            method=method,
-            what=what,
+            method=method.method,
+            what=method.what,
             samples=len(timing.runs),
             **timing.columns("ms", 1e3),
             **{
                 "samples/s/core": 1 / timing.median,
                 "time vs emseg warp": timing.median / reference,
             },
-            note=f"{peer} {package_version(peer)}" if peer else "",
+            note=f"{method.peer} {package_version(method.peer)}" if method.peer else "",
         )
     return [table]
