@@ -35,7 +35,8 @@ sys.path.insert(0, str(REPO / "workflow" / "scripts"))
 
 from emseg.io import read_json, read_stack  # noqa: E402
 from emseg.metrics import label_scores, score_stack  # noqa: E402
-from emseg.segmentation import METHODS, SegmentSettings, segment_stack  # noqa: E402
+from emseg.segment_settings import METHODS, SegmentSettings  # noqa: E402
+from emseg.segmentation import segment_stack  # noqa: E402
 
 RUN = re.compile(r"runs/(?P<name>[^/]+)/fold(?P<fold>\d+)/seed(?P<seed>\d+)$")
 SCORES = ("vrand", "vinfo", "vrand_split", "vrand_merge")

@@ -11,7 +11,8 @@ import pandas as pd
 import pytest
 import tifffile
 
-from emseg.segmentation import SegmentSettings, segment_stack
+from emseg.segment_settings import SegmentSettings
+from emseg.segmentation import segment_stack
 from workflow_helpers import jobs_planned, run_to_the_end, snakemake, write_config
 
 GRID = {

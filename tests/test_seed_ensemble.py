@@ -11,7 +11,8 @@ import pytest
 
 from emseg.io import read_stack
 from emseg.metrics import label_scores
-from emseg.segmentation import SegmentSettings, segment_stack
+from emseg.segment_settings import SegmentSettings
+from emseg.segmentation import segment_stack
 from workflow_helpers import jobs_planned, run_to_the_end, snakemake, write_config
 
 GRID = {"cv": {"folds": 1, "seeds": [0, 1], "ensemble": True}}

@@ -14,13 +14,8 @@ import yaml
 from emseg.io import read_stack
 from emseg.metrics import label_scores, score_stack
 from emseg.plots import split_merge_masks
-from emseg.segmentation import (
-    METHODS,
-    SegmentSettings,
-    segment_slice,
-    segment_stack,
-    write_segmentation,
-)
+from emseg.segment_settings import METHODS, SegmentSettings
+from emseg.segmentation import segment_slice, segment_stack, write_segmentation
 from emseg.settings import describe_schema_error
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -18,7 +18,8 @@ from scipy import ndimage
 from emseg.blocks import BlockGrid, job_count, levels_per_job, pyramid_shapes
 from emseg.metrics import rand_info_scores
 from emseg.omezarr import Layout, create_store, open_level, quantize
-from emseg.segmentation import SegmentSettings, segment_stack
+from emseg.segment_settings import SegmentSettings
+from emseg.segmentation import segment_stack
 from emseg.stitching import relabel_blocks, segment_blocks, stitch
 from emseg.synthetic import synthetic_stack
 

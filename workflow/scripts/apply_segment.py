@@ -5,7 +5,7 @@ from typing import Any
 
 from emseg.io import read_json
 from emseg.runner import LOG, run_rule
-from emseg.segmentation import SegmentSettings
+from emseg.segment_settings import SegmentSettings
 from emseg.stitching import segment_blocks
 
 

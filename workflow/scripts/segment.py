@@ -7,7 +7,8 @@ import numpy as np
 from emseg.io import read_stack
 from emseg.progress import progress
 from emseg.runner import LOG, run_rule
-from emseg.segmentation import SegmentSettings, segment_stack, write_segmentation
+from emseg.segment_settings import SegmentSettings
+from emseg.segmentation import segment_stack, write_segmentation
 
 
 def main(snakemake: Any) -> None:

@@ -21,7 +21,7 @@ import yaml
 from emseg.errors import ConfigError
 from emseg.io import InputError, count_slices
 from emseg.models.geometry import geometry_for, parse_spec
-from emseg.segmentation import SegmentSettings
+from emseg.segment_settings import SegmentSettings
 
 ISBI_SLICES = 30
 MIRROR_ENV = "EMSEG_ISBI_MIRROR"

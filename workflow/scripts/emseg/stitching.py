@@ -29,7 +29,8 @@ from emseg.blocks import BlockGrid, job_blocks, level_bounds
 from emseg.io import atomic_path
 from emseg.omezarr import downsample_labels, open_level
 from emseg.progress import progress
-from emseg.segmentation import SegmentSettings, segment_slice
+from emseg.segment_settings import SegmentSettings
+from emseg.segmentation import segment_slice
 
 EDGES = ("top", "bottom", "left", "right")
 
