@@ -146,8 +146,15 @@ def run(settings: Settings) -> list[Table]:
     prob = ndimage.gaussian_filter(labels[1].astype(np.float64), 1.0)
     timing = Table(
         f"V_rand and V_info of one {size} x {size} slice",
-        ["implementation", "computes", "min ms", "median ms", "max ms", "skimage / emseg time",
-         "note"],
+        [
+            "implementation",
+            "computes",
+            "min ms",
+            "median ms",
+            "max ms",
+            "skimage / emseg time",
+            "note",
+        ],
         notes=[
             f"Data: {source}; ground truth {int(gt.max())} cells, proposal"
             f" {int(proposal.max())} segments. Medians of {repeats} after {warmup} warm-up runs,"
@@ -155,7 +162,7 @@ def run(settings: Settings) -> list[Table]:
             f"Target: emseg's rand_info_scores at least {TARGET_SPEEDUP:.0f}x faster than"
             " skimage's two calls that give the same numbers.",
         ],
-    )  # fmt: skip
+    )
     values = Table(
         "V_rand / V_info agreement with scikit-image (where the definitions agree)",
         ["score", "emseg", "skimage", "abs diff", "skimage table, sum n^2", "abs diff, sum n^2"],

@@ -180,7 +180,7 @@ def _compiled_training(settings: Settings, table: Table) -> None:
 
 
 def _first_line(error: Exception) -> str:
-    return f"{type(error).__name__}: {str(error).strip().splitlines()[0] if str(error) else ''}"
+    return f"{type(error).__name__}: {(str(error).strip().splitlines() or [''])[0]}"
 
 
 def _prediction(settings: Settings, table: Table) -> None:

@@ -12,11 +12,15 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench.workflow_speed import COMMON_SMK_MODULES
+
 HEAVY = {"pandas", "scipy", "skimage", "torch", "matplotlib"}
-CONFIG_READER = "import emseg.settings, emseg.apply_settings, emseg.blocks, emseg.models.geometry"
+CONFIG_READER = f"import {', '.join(COMMON_SMK_MODULES)}"  # read from common.smk, as it changes
 
 
 def modules_loaded_by(statement: str) -> set[str]:
