@@ -32,6 +32,7 @@ JOB = """
 import json, sys, time
 import torch
 from emseg.blockwise import run_job
+from emseg.precision import choose_precision
 
 def high_water_kib():  # this process's own peak RSS (VmHWM is reset by exec, ru_maxrss is not)
     for line in open("/proc/self/status"):
@@ -41,7 +42,8 @@ def high_water_kib():  # this process's own peak RSS (VmHWM is reset by exec, ru
 torch.set_num_threads({threads})
 plan = json.loads(open({plan!r}).read())
 start = high_water_kib()
-record = run_job(plan, 0, torch.device("cpu"))
+cpu = torch.device("cpu")
+record = run_job(plan, 0, cpu, choose_precision("auto", cpu, "predict.precision"))
 record["startup_kib"] = start
 record["max_rss_kib"] = high_water_kib()
 print(json.dumps(record))

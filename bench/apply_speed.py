@@ -38,6 +38,7 @@ from emseg.blockwise import Member, load_members, run_job
 from emseg.model_file import save_model_file
 from emseg.models import build_model
 from emseg.omezarr import quantize
+from emseg.precision import Precision, choose_precision
 from emseg.preprocess import Normalization, mirror_pad
 from emseg.tiling import SliceInput, predict_slice, source_box
 
@@ -253,11 +254,14 @@ def _throughput(
         if device is None:
             throughput.add(method="all", device="cuda", note=NO_GPU)
             continue
-        methods, note, network = _methods(settings, sizes, volume, model, predict, folder, device)
+        precision = choose_precision("auto", device, "predict.precision")  # as apply_blocks
+        methods, note, network = _methods(
+            settings, sizes, volume, model, predict, folder, device, precision
+        )
         slices_per_job = sizes.blocks_per_job // _blocks_per_slice(sizes.block, sizes.volume)
         jobs = _timed_jobs(settings, math.ceil(sizes.volume[0] / slices_per_job), slices_per_job)
         scores = _rounds(settings, methods, jobs, slices_per_job, sizes, volume, device, network)
-        _fill(throughput, agreement, methods, scores, device, slices_per_job)
+        _fill(throughput, agreement, methods, scores, (device, precision), slices_per_job)
         throughput.notes.append(note)
     throughput.notes += THROUGHPUT_NOTES
     agreement.notes += AGREEMENT_NOTES
@@ -280,13 +284,15 @@ def _methods(
     predict: dict[str, Any],
     folder: Path,
     device: torch.device,
+    precision: Precision,
 ) -> tuple[list[Method], str, type[torch.nn.Module]]:
-    """bare, emseg block-wise (default and small block) and torch-em (both blocks), planned."""
+    """bare, emseg block-wise (default and small block) and torch-em (both blocks), planned;
+    all in the precision `auto` picks for `device` (torch-em with the same model and autocast)."""
     plans = {}
     for block in (sizes.block, sizes.small_block):
         store = folder / f"out-{device.type}-{block[1]}.ome.zarr"
         plans[block] = _plan(store, volume, model, block, sizes, predict)
-    (member,) = load_members(plans[sizes.block], device)
+    (member,) = load_members(plans[sizes.block], device, precision)
     margin = member.model.geometry.margin
 
     def bare(_job: int, _slices: range, planes: list[np.ndarray]) -> list[np.ndarray]:
@@ -300,7 +306,7 @@ def _methods(
                 "emseg block-wise (run_job)",
                 block,
                 _halo(member, sizes.volume, block),
-                lambda job, _s, _p, plan=plan: run_job(plan, job, device),
+                lambda job, _s, _p, plan=plan: run_job(plan, job, device, precision),
                 store=Path(plan["store"]) / "0",
                 any_slices=False,
             )
@@ -424,10 +430,11 @@ def _fill(
     agreement: Table,
     methods: list[Method],
     scores: dict[str, Agreement],
-    device: torch.device,
+    arithmetic: tuple[torch.device, Precision],
     slices_per_job: int,
 ) -> None:
     """One throughput row per method, one agreement row per stored output."""
+    device, precision = arithmetic
     bare = np.asarray(methods[0].seconds)
     slice_voxels = methods[0].block[1] * methods[0].block[2]  # bare's block: the whole slice
     for method in methods:
@@ -466,6 +473,7 @@ def _fill(
         throughput.add(
             method=method.name,
             device=device.type,
+            precision=f"{precision.name}{', channels-last' if precision.channels_last else ''}",
             block=" x ".join(map(str, method.block)),
             **cells,
             note=note,
@@ -487,6 +495,7 @@ def _fill(
 THROUGHPUT = [
     "method",
     "device",
+    "precision",
     "block",
     "halo px",
     "slices",

@@ -25,14 +25,14 @@ from ome_zarr.reader import Reader
 from ome_zarr_models import open_ome_zarr
 from PIL import Image
 
-from emseg.tiling import TileOptions
-from volume_helpers import random_stack, reference, write_model, write_zarr
+from volume_helpers import AUTO, options_in, random_stack, reference, write_model, write_zarr
 from workflow_helpers import jobs_planned, snakemake, start_snakemake, write_config
 
 pytestmark = pytest.mark.slow
 
 SMALL = {"block": [1, 32, 32], "chunks": [1, 16, 16], "blocks_per_job": 6, "threads": 1}
-OPTIONS = TileOptions(tile_size=32, batch_size=4)  # config/tiny.yaml's predict section
+# config/tiny.yaml's predict section, in the precision `auto` picks on this CPU (as apply_blocks)
+OPTIONS = options_in(AUTO, tile_size=32, batch_size=4)
 
 
 def apply_config(folder: Path, volumes: dict[str, Any], **apply: Any) -> Path:
@@ -64,7 +64,9 @@ def test_a_trained_run_segments_a_tiff_volume_into_an_ome_zarr(tmp_path: Path) -
     np.testing.assert_allclose(image[:], expected, atol=2e-6)
     np.testing.assert_array_equal(tifffile.imread(out / "stack_membrane_prob.tif"), image[:])
     plan = json.loads((out / "plan.json").read_text())
-    assert plan["jobs"] == len(list((out / "jobs").glob("*.json"))) == 3  # 18 blocks, 6 per job
+    records = [json.loads(path.read_text()) for path in (out / "jobs").glob("*.json")]
+    assert plan["jobs"] == len(records) == 3  # 18 blocks, 6 per job
+    assert {record["precision"] for record in records} == {AUTO.name}
     assert json.loads((out / "stack.json").read_text())["voxels"] == stack.size
     preview = np.asarray(Image.open(out / "stack_preview.png"))  # raw | probability | cells
     assert preview.shape == (61, 3 * 83 + 2 * 8, 3)
@@ -105,7 +107,8 @@ def test_model_files_need_no_data_and_ngff_05_validates(tmp_path: Path) -> None:
     assert type(open_ome_zarr(zarr.open_group(store, mode="r"))).__name__ == "Image"
     stored = zarr.open_array(store / "0", mode="r")[:]
     tile = json.loads((tmp_path / "results/apply/vol/plan.json").read_text())["members"][0]
-    expected = reference(stack, [model], TileOptions(tile_size=tile["tile_size"], batch_size=4))
+    options = options_in(AUTO, tile_size=tile["tile_size"], batch_size=4)
+    expected = reference(stack, [model], options)
     assert np.abs(stored.astype(int) - np.rint(expected * 255)).max() <= 1  # uint8 by default
 
 

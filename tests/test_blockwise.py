@@ -22,10 +22,19 @@ from emseg.apply_finish import finish_volume
 from emseg.apply_plan import fit_volume_normalization, make_plan
 from emseg.blockwise import run_job
 from emseg.io import InputError
+from emseg.precision import Precision
 from emseg.preprocess import fit_normalization
 from emseg.tiling import TileOptions
 from emseg.volume import open_volume
-from volume_helpers import random_stack, reference, write_model, write_zarr
+from volume_helpers import (
+    AUTO,
+    FP32,
+    options_in,
+    random_stack,
+    reference,
+    write_model,
+    write_zarr,
+)
 
 CPU = torch.device("cpu")
 SHAPE = (3, 77, 101)
@@ -60,14 +69,22 @@ def settings_for(volume: Path, models: list[Path], **overrides: Any) -> dict[str
 
 
 def apply_in_process(
-    folder: Path, settings: dict[str, Any], predict: dict[str, Any]
+    folder: Path, settings: dict[str, Any], predict: dict[str, Any], precision: Precision = FP32
 ) -> tuple[dict[str, Any], Path]:
     """Plan, run every job and finish, as the rules do, without Snakemake."""
+    plan, store, _ = apply_with_records(folder, settings, predict, precision)
+    return plan, store
+
+
+def apply_with_records(
+    folder: Path, settings: dict[str, Any], predict: dict[str, Any], precision: Precision
+) -> tuple[dict[str, Any], Path, list[dict[str, Any]]]:
+    """apply_in_process, also returning each job's record."""
     store = folder / "out.ome.zarr"
     plan = json.loads(json.dumps(make_plan("test", settings, predict, store)))
-    jobs = [run_job(plan, job, CPU) for job in range(plan["jobs"])]
+    jobs = [run_job(plan, job, CPU, precision) for job in range(plan["jobs"])]
     finish_volume(plan, jobs)
-    return plan, store
+    return plan, store, jobs
 
 
 PREDICT = {"tile_size": 32, "batch_size": 4, "overlap": 0.25, "tta": False, "threshold": 0.5}
@@ -88,6 +105,27 @@ def test_blockwise_equals_whole_slices(tmp_path: Path, padding: str, tta: bool) 
     np.testing.assert_allclose(result, expected, atol=2e-6)
     mask = zarr.open_array(store / "labels" / "mask" / "0", mode="r")[:]
     np.testing.assert_array_equal(mask, (result >= 0.5).astype(np.uint8))
+
+
+# bf16 keeps 8 bits of mantissa: stated agreement of bf16 with fp32 (README, "Precision").
+BF16_MAX_DIFF, BF16_MEAN_DIFF = 0.05, 0.005
+
+
+def test_blocks_predict_in_the_precision_auto_picks(tmp_path: Path) -> None:
+    """bf16 channels-last where the CPU has native bf16 (fp32 channels-last elsewhere), as the
+    predict rule does: blocks still meet the whole-slice prediction in that arithmetic."""
+    model = write_model(tmp_path / "model.pt", "same")
+    stack = write_volume(tmp_path / "volume.zarr")
+    settings = settings_for(tmp_path / "volume.zarr", [model])
+    plan, store, records = apply_with_records(tmp_path, settings, PREDICT, AUTO)
+    result = zarr.open_array(store / "0", mode="r")[:]
+    tile = plan["members"][0]["tile_size"]
+    same_arithmetic = reference(stack, [model], options_in(AUTO, tile_size=tile, batch_size=4))
+    np.testing.assert_allclose(result, same_arithmetic, atol=1e-5)
+    assert {(r["precision"], r["channels_last"]) for r in records} == {(AUTO.name, True)}
+    fp32 = reference(stack, [model], TileOptions(tile_size=tile, batch_size=4))
+    difference = np.abs(result - fp32)
+    assert difference.max() <= BF16_MAX_DIFF and difference.mean() <= BF16_MEAN_DIFF
 
 
 def test_an_ensemble_averages_its_models_with_their_own_normalisation(tmp_path: Path) -> None:

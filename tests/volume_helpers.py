@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -10,10 +11,20 @@ import zarr
 
 from emseg.model_file import load_model_file, save_model_file
 from emseg.models import build_model
+from emseg.precision import Precision, choose_precision
 from emseg.preprocess import Normalization, mirror_pad
 from emseg.tiling import TileOptions, predict_slice
 
 CPU = torch.device("cpu")
+FP32 = Precision(None, False, "test: fp32, contiguous")  # the arithmetic of predict_slice's default
+AUTO = choose_precision("auto", CPU, "predict.precision")  # what apply_blocks picks on this CPU
+
+
+def options_in(precision: Precision, **options: Any) -> TileOptions:
+    """TileOptions that predict in `precision`, as apply_blocks and the predict rule do."""
+    return TileOptions(
+        autocast=precision.autocast, channels_last=precision.channels_last, **options
+    )
 
 
 def write_model(path: Path, padding: str = "same", seed: int = 0, low: float = 20.0) -> Path:
@@ -47,6 +58,8 @@ def reference(stack: np.ndarray, model_paths: list[Path], options: TileOptions) 
     for path in model_paths:
         model_file = load_model_file(path)
         model = model_file.build(CPU)
+        if options.channels_last:
+            model = model.to(memory_format=torch.channels_last)
         for z, plane in enumerate(stack):
             padded = mirror_pad(model_file.normalization.apply(plane), model.geometry.margin)
             total[z] += predict_slice(model, padded, options, CPU)

@@ -46,6 +46,7 @@ rule apply_blocks:
         gpu=lambda wildcards: apply_gpu(),
     params:
         device=config["predict"]["device"],
+        precision=config["predict"]["precision"],
     script:
         "../scripts/apply_blocks.py"
 

@@ -6,6 +6,7 @@ import torch
 
 from emseg.blockwise import run_job
 from emseg.io import read_json, write_json
+from emseg.precision import choose_precision
 from emseg.runner import LOG, run_rule
 from emseg.training import select_device
 
@@ -15,16 +16,18 @@ def main(snakemake: Any) -> None:
     device = select_device(snakemake.params.device)
     if device.type == "cpu":
         torch.set_num_threads(max(1, snakemake.threads))
+    precision = choose_precision(snakemake.params.precision, device, "predict.precision")
+    LOG.info("predicting on %s in %s", device, precision.describe())
     job = int(snakemake.wildcards.job)
-    record = run_job(plan, job, device)
+    record = run_job(plan, job, device, precision)
     LOG.info(
-        "job %d of %s: blocks %d-%d, %.1f Mvoxel/s on %s (waited %.1f s for reads, %.1f s for"
+        "job %d of %s: blocks %d-%d, %s voxels/s on %s (waited %.1f s for reads, %.1f s for"
         " writes, of %.1f s)",
         job,
         plan["name"],
         record["blocks"][0],
         record["blocks"][1] - 1,
-        record["voxels_per_s"] / 1e6,
+        f"{record['voxels_per_s']:,.0f}",
         record["device"],
         record["read_wait_s"],
         record["write_wait_s"],

@@ -26,6 +26,7 @@ from emseg.blocks import BlockGrid, Bounds, job_blocks, level_bounds
 from emseg.io import InputError
 from emseg.model_file import load_model_file
 from emseg.omezarr import downsample_labels, downsample_mean, open_level, quantize
+from emseg.precision import Precision
 from emseg.preprocess import Normalization
 from emseg.progress import progress
 from emseg.tiling import Region, SliceInput, TileOptions, predict_region, source_box
@@ -51,20 +52,21 @@ class BlockInput:
     origin: tuple[int, int]  # (row, col) of raw[:, 0, 0] in the slice
 
 
-def load_members(plan: Mapping[str, Any], device: torch.device) -> list[Member]:
-    """The plan's models on `device`, each with the normalisation and tiles the plan chose."""
+def load_members(
+    plan: Mapping[str, Any], device: torch.device, precision: Precision
+) -> list[Member]:
+    """The plan's models on `device` in `precision`, each with the normalisation and tiles the plan
+    chose. The precision is the job's, not the plan's: nodes of one cluster may differ in bf16."""
     members = []
     for entry in plan["members"]:
-        model = load_model_file(Path(entry["model"])).build(device)
-        if device.type == "cuda":
-            model = model.to(memory_format=torch.channels_last)
+        model = precision.prepare(load_model_file(Path(entry["model"])).build(device))
         options = TileOptions(
             tile_size=int(entry["tile_size"]),
             batch_size=int(plan["predict"]["batch_size"]),
             overlap=float(plan["predict"]["overlap"]),
             tta=bool(plan["predict"]["tta"]),
-            autocast=torch.bfloat16 if device.type == "cuda" else None,
-            channels_last=device.type == "cuda",
+            autocast=precision.autocast,
+            channels_last=precision.channels_last,
         )
         members.append(Member(model, Normalization.from_dict(entry["normalization"]), options))
     return members
@@ -143,7 +145,9 @@ class BlockWriter:
                 self.masks[level][z0:z1, y0:y1, x0:x1] = mask
 
 
-def run_job(plan: Mapping[str, Any], job: int, device: torch.device) -> dict[str, Any]:
+def run_job(
+    plan: Mapping[str, Any], job: int, device: torch.device, precision: Precision
+) -> dict[str, Any]:
     """Predict and write every block of job `job`; returns what it did, for the job's record."""
     started = time.perf_counter()
     volume = open_volume(plan["volume"])
@@ -152,7 +156,7 @@ def run_job(plan: Mapping[str, Any], job: int, device: torch.device) -> dict[str
             f"{plan['volume']}: shape {volume.shape} changed since it was planned as"
             f" {tuple(plan['shape'])}; rerun snakemake to plan it again"
         )
-    members = load_members(plan, device)
+    members = load_members(plan, device, precision)
     grid = BlockGrid(tuple(plan["shape"]), tuple(plan["block"]))
     blocks = job_blocks(len(grid), int(plan["blocks_per_job"]), job)
     writer = BlockWriter(plan)
@@ -191,6 +195,7 @@ def run_job(plan: Mapping[str, Any], job: int, device: torch.device) -> dict[str
         "voxels_per_s": voxels / max(seconds, 1e-9),
         **timings,
         "device": str(device),
+        **precision.as_dict(),
         "plan": plan["plan_hash"],
     }
 

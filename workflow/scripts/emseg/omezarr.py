@@ -129,15 +129,22 @@ def open_level(path: Path, level: int, label: str | None = None, mode: str = "r+
 
 
 def downsample_mean(block: np.ndarray) -> np.ndarray:
-    """Halve y and x by the mean of each 2 x 2 cell; cells cut by an odd border use what exists."""
-    z, y, x = block.shape
-    padded = np.zeros((z, y + y % 2, x + x % 2), dtype=np.float64)
-    counts = np.zeros(padded.shape[1:], dtype=np.float64)
-    padded[:, :y, :x] = block
-    counts[:y, :x] = 1.0
-    sums = padded.reshape(z, -1, 2, padded.shape[2] // 2, 2).sum(axis=(2, 4))
-    weights = counts.reshape(-1, 2, counts.shape[1] // 2, 2).sum(axis=(1, 3))
-    return (sums / weights).astype(np.float32)
+    """Halve y and x by the mean of each 2 x 2 cell; cells cut by an odd border use what exists.
+
+    Sums four strided views in float32: a writer thread runs this beside the network, and a
+    reduction over reshaped axes in float64 took a third of its time (0.1 s per 2048^2 slice).
+    """
+    _, y, x = block.shape
+    data = np.asarray(block, dtype=np.float32)
+    odd = (0, y % 2), (0, x % 2)
+    if y % 2 or x % 2:
+        data = np.pad(data, ((0, 0), *odd))
+    sums = data[:, 0::2, 0::2] + data[:, 1::2, 0::2] + data[:, 0::2, 1::2] + data[:, 1::2, 1::2]
+    if not (y % 2 or x % 2):
+        return sums * np.float32(0.25)
+    ones = np.pad(np.ones((y, x), dtype=np.float32), odd)
+    counts = ones[0::2, 0::2] + ones[1::2, 0::2] + ones[0::2, 1::2] + ones[1::2, 1::2]
+    return sums / counts
 
 
 def downsample_labels(block: np.ndarray) -> np.ndarray:
