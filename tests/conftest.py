@@ -1,6 +1,10 @@
-"""Longest test files first, so that pytest-xdist's workers (one file each) finish together."""
+"""Longest test files first, so that pytest-xdist's workers (one file each) finish together;
+and the fixture that captures emseg's log."""
 
 from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
 
 import pytest
 
@@ -24,3 +28,17 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         return LONGEST_FIRST.index(name) if name in LONGEST_FIRST else len(LONGEST_FIRST)
 
     items.sort(key=rank)
+
+
+@pytest.fixture
+def emseg_log(caplog: pytest.LogCaptureFixture) -> Iterator[pytest.LogCaptureFixture]:
+    """Capture the `emseg` logger once, whether or not runner.setup_logging stopped propagation."""
+    logger = logging.getLogger("emseg")
+    level, propagate = logger.level, logger.propagate
+    logger.addHandler(caplog.handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    yield caplog
+    logger.removeHandler(caplog.handler)
+    logger.setLevel(level)
+    logger.propagate = propagate

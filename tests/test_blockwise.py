@@ -10,6 +10,7 @@ Snakemake rules around them are tested in test_apply.py.
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -22,9 +23,10 @@ from emseg.apply_finish import finish_volume
 from emseg.apply_plan import fit_volume_normalization, make_plan
 from emseg.blockwise import run_job
 from emseg.io import InputError
+from emseg.model_file import load_model_file
 from emseg.precision import Precision
 from emseg.preprocess import fit_normalization
-from emseg.tiling import TileOptions
+from emseg.tiling import TileOptions, tile_work
 from emseg.volume import open_volume
 from volume_helpers import (
     AUTO,
@@ -105,6 +107,56 @@ def test_blockwise_equals_whole_slices(tmp_path: Path, padding: str, tta: bool) 
     np.testing.assert_allclose(result, expected, atol=2e-6)
     mask = zarr.open_array(store / "labels" / "mask" / "0", mode="r")[:]
     np.testing.assert_array_equal(mask, (result >= 0.5).astype(np.uint8))
+
+
+def forward_passes(run: Any) -> int:
+    """Tiles (batch items) that reach any U-Net while `run()` runs."""
+    count = 0
+
+    def hook(module: torch.nn.Module, args: tuple[Any, ...]) -> None:
+        nonlocal count
+        if type(module).__name__ == "UNet":
+            count += args[0].shape[0]
+
+    handle = torch.nn.modules.module.register_module_forward_pre_hook(hook)
+    try:
+        run()
+    finally:
+        handle.remove()
+    return count
+
+
+@pytest.mark.parametrize("padding", ["same", "valid"])
+def test_tile_work_counts_the_tiles_that_blocks_compute(tmp_path: Path, padding: str) -> None:
+    """The planner's estimate is exact: block-wise passes / whole-slice passes."""
+    model = write_model(tmp_path / "model.pt", padding)
+    stack = write_volume(tmp_path / "volume.zarr")
+    settings = settings_for(tmp_path / "volume.zarr", [model])
+    plans: list[dict[str, Any]] = []
+    blocks = forward_passes(lambda: plans.append(apply_in_process(tmp_path, settings, PREDICT)[0]))
+    tile = plans[0]["members"][0]["tile_size"]
+    options = TileOptions(tile_size=tile, batch_size=4)
+    whole = forward_passes(lambda: reference(stack, [model], options))
+    geometry = load_model_file(model).build(CPU).geometry
+    estimate = tile_work(geometry, SHAPE[1:], (32, 32), options)
+    assert blocks / whole == pytest.approx(estimate)
+    if padding == "same":  # blocks of one window: overlapping windows are computed repeatedly
+        assert estimate > 2.5
+    else:  # its tiles' 4 px output stride divides the 32 px blocks: each tile computed once
+        assert estimate == 1.0
+
+
+def test_small_blocks_are_named_in_a_warning(tmp_path: Path, emseg_log: Any) -> None:
+    model = write_model(tmp_path / "model.pt", "same")
+    write_volume(tmp_path / "volume.zarr")
+    small = settings_for(tmp_path / "volume.zarr", [model])
+    make_plan("small", small, PREDICT, tmp_path / "small.ome.zarr")
+    whole = small | {"block": [1, 80, 112]}  # one block per slice
+    make_plan("whole", whole, PREDICT, tmp_path / "whole.ome.zarr")
+    warnings = [r.getMessage() for r in emseg_log.records if r.levelno == logging.WARNING]
+    named = [w for w in warnings if w.startswith("apply.block:")]
+    assert len(named) == 1 and named[0].startswith("apply.block: blocks of 32 x 32 px")
+    assert "volume.zarr's 77 x 101 px slices 2.9 times" in named[0]
 
 
 # bf16 keeps 8 bits of mantissa: stated agreement of bf16 with fp32 (README, "Precision").

@@ -59,20 +59,6 @@ class SmallNet(torch.nn.Module):
         return self.layers(x)
 
 
-@pytest.fixture
-def emseg_log(caplog: pytest.LogCaptureFixture) -> Iterator[pytest.LogCaptureFixture]:
-    """Capture the `emseg` logger once, whether or not runner.setup_logging stopped propagation."""
-    logger = logging.getLogger("emseg")
-    level, propagate = logger.level, logger.propagate
-    logger.addHandler(caplog.handler)
-    logger.setLevel(logging.INFO)
-    logger.propagate = False
-    yield caplog
-    logger.removeHandler(caplog.handler)
-    logger.setLevel(level)
-    logger.propagate = propagate
-
-
 @pytest.mark.parametrize("tta", [False, True])
 def test_out_of_memory_halves_the_batch_and_gives_the_same_prediction(
     emseg_log: pytest.LogCaptureFixture, tta: bool

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import logging
 import math
 import os
 import signal
@@ -59,18 +58,6 @@ CPU = torch.device("cpu")
 @pytest.fixture(autouse=True)
 def _one_thread() -> None:
     torch.set_num_threads(1)
-
-
-@pytest.fixture
-def emseg_log(caplog: pytest.LogCaptureFixture) -> Any:
-    """Capture the `emseg` logger even when setup_logging has turned its propagation off."""
-    logger = logging.getLogger("emseg")
-    level = logger.level
-    logger.addHandler(caplog.handler)
-    logger.setLevel(logging.INFO)
-    yield caplog
-    logger.removeHandler(caplog.handler)
-    logger.setLevel(level)
 
 
 def _train_config(**overrides: Any) -> dict[str, Any]:

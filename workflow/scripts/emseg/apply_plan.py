@@ -24,12 +24,14 @@ from emseg.models.geometry import Geometry
 from emseg.omezarr import Layout, create_store
 from emseg.preprocess import Normalization, fit_normalization
 from emseg.settings import config_hash
+from emseg.tiling import TileOptions, tile_work
 from emseg.volume import Volume, describe, open_volume
 
 LOG = logging.getLogger("emseg")
 SUBSAMPLE_SLICES = 16  # slices spread over the volume for `normalization: fit`
 SUBSAMPLE_PATCHES = 4  # patches per axis in each of those slices
 SUBSAMPLE_PATCH = 256  # patch side in pixels: at most 16 x 4 x 4 x 256 x 256 = 16.8 M values
+TILE_WORK_WARNING = 1.25  # warn when blocks make the network compute each tile this often
 
 
 def make_plan(
@@ -48,6 +50,7 @@ def make_plan(
     models = [load_model_file(path) for path in settings["models"]]
     fitted = _fit_if_asked(volume, settings, models)
     members = [_member(model, volume, settings, predict, fitted) for model in models]
+    _warn_of_repeated_tiles(volume, settings, predict, models, members)
     voxel_size, unit = _voxel_size(volume, settings)
     shape = tuple(volume.shape)
     chunks = tuple(int(c) for c in settings["chunks"])
@@ -179,6 +182,36 @@ def _member(
         "tile_size": _tile_size(geometry, int(predict["tile_size"]), model),
         "margin": geometry.margin,
     }
+
+
+def _warn_of_repeated_tiles(
+    volume: Volume,
+    settings: Mapping[str, Any],
+    predict: Mapping[str, Any],
+    models: Sequence[ModelFile],
+    members: Sequence[Mapping[str, Any]],
+) -> None:
+    """Say so when blocks smaller than a slice make the network compute its tiles many times.
+
+    Each block predicts every tile of the slice's grid that reaches into it (so blocks meet
+    without seams); with blocks no larger than a tile that costs several times the whole slice.
+    """
+    shape = (volume.shape[1], volume.shape[2])
+    block = (int(settings["block"][1]), int(settings["block"][2]))
+    for model, member in zip(models, members, strict=True):
+        options = TileOptions(tile_size=member["tile_size"], overlap=float(predict["overlap"]))
+        work = tile_work(model.geometry, shape, block, options)
+        if work > TILE_WORK_WARNING:
+            LOG.warning(
+                "apply.block: blocks of %d x %d px compute each %d px tile of %s's %d x %d px"
+                " slices %.1f times on average; blocks of whole slices (or of 2048 px) predict"
+                " that much faster",
+                *block,
+                member["tile_size"],
+                volume.name,
+                *shape,
+                work,
+            )
 
 
 def _tile_size(geometry: Geometry, wanted: int, model: ModelFile) -> int:

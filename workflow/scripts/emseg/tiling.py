@@ -142,6 +142,27 @@ def predict_region(
     return total
 
 
+def tile_work(
+    geometry: Geometry, shape: tuple[int, int], block: tuple[int, int], options: TileOptions
+) -> float:
+    """How many times predicting a slice block by block computes each of its tiles, on average.
+
+    Every block computes the tiles of the whole slice's grid that reach into it, so a tile that
+    straddles a block border is computed by each block it reaches: about 1 for blocks much larger
+    than a tile, several for blocks no larger than one (a padded network's windows overlap too).
+    """
+    reach = _reach(geometry, options.tile_size)
+    factor = 1.0
+    for size, side in zip(shape, block, strict=True):
+        starts = _tile_starts(geometry, size, options)
+        borders = range(0, size, max(1, side))
+        computed = sum(
+            1 for b0 in borders for s in starts if s < min(b0 + side, size) and s + reach > b0
+        )
+        factor *= computed / len(starts)
+    return factor
+
+
 def _transforms(options: TileOptions) -> range:
     return range(8) if options.tta else range(1)
 
