@@ -204,8 +204,8 @@ def _warn_of_repeated_tiles(
         if work > TILE_WORK_WARNING:
             LOG.warning(
                 "apply.block: blocks of %d x %d px compute each %d px tile of %s's %d x %d px"
-                " slices %.1f times on average; blocks of whole slices (or of 2048 px) predict"
-                " that much faster",
+                " slices %.1f times on average (blocks of whole slices: once each); larger"
+                " blocks predict faster",
                 *block,
                 member["tile_size"],
                 volume.name,
