@@ -473,7 +473,7 @@ def _fill(
         throughput.add(
             method=method.name,
             device=device.type,
-            precision=f"{precision.name}{', channels-last' if precision.channels_last else ''}",
+            precision=precision.label,
             block=" x ".join(map(str, method.block)),
             **cells,
             note=note,

@@ -28,6 +28,7 @@ from emseg.precision import Precision
 from emseg.preprocess import fit_normalization
 from emseg.tiling import TileOptions, tile_work
 from emseg.volume import open_volume
+from precision_helpers import assert_bf16_agrees
 from volume_helpers import (
     AUTO,
     FP32,
@@ -149,7 +150,8 @@ def test_tile_work_counts_the_tiles_that_blocks_compute(tmp_path: Path, padding:
 def test_small_blocks_are_named_in_a_warning(tmp_path: Path, emseg_log: Any) -> None:
     model = write_model(tmp_path / "model.pt", "same")
     write_volume(tmp_path / "volume.zarr")
-    small = settings_for(tmp_path / "volume.zarr", [model])
+    other = write_model(tmp_path / "other.pt", "same", seed=1)  # an ensemble: one warning
+    small = settings_for(tmp_path / "volume.zarr", [model, other])
     make_plan("small", small, PREDICT, tmp_path / "small.ome.zarr")
     whole = small | {"block": [1, 80, 112]}  # one block per slice
     make_plan("whole", whole, PREDICT, tmp_path / "whole.ome.zarr")
@@ -157,10 +159,6 @@ def test_small_blocks_are_named_in_a_warning(tmp_path: Path, emseg_log: Any) -> 
     named = [w for w in warnings if w.startswith("apply.block:")]
     assert len(named) == 1 and named[0].startswith("apply.block: blocks of 32 x 32 px")
     assert "volume.zarr's 77 x 101 px slices 2.9 times" in named[0]
-
-
-# bf16 keeps 8 bits of mantissa: stated agreement of bf16 with fp32 (README, "Precision").
-BF16_MAX_DIFF, BF16_MEAN_DIFF = 0.05, 0.005
 
 
 def test_blocks_predict_in_the_precision_auto_picks(tmp_path: Path) -> None:
@@ -175,9 +173,7 @@ def test_blocks_predict_in_the_precision_auto_picks(tmp_path: Path) -> None:
     same_arithmetic = reference(stack, [model], options_in(AUTO, tile_size=tile, batch_size=4))
     np.testing.assert_allclose(result, same_arithmetic, atol=1e-5)
     assert {(r["precision"], r["channels_last"]) for r in records} == {(AUTO.name, True)}
-    fp32 = reference(stack, [model], TileOptions(tile_size=tile, batch_size=4))
-    difference = np.abs(result - fp32)
-    assert difference.max() <= BF16_MAX_DIFF and difference.mean() <= BF16_MEAN_DIFF
+    assert_bf16_agrees(result, reference(stack, [model], TileOptions(tile_size=tile, batch_size=4)))
 
 
 def test_an_ensemble_averages_its_models_with_their_own_normalisation(tmp_path: Path) -> None:

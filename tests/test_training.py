@@ -39,6 +39,7 @@ from emseg.training import (
     validate,
 )
 from emseg.weightmap import unet_weight_map
+from precision_helpers import assert_bf16_agrees
 
 SCRIPTS = Path(__file__).resolve().parents[1] / "workflow" / "scripts"
 SIZE = 32  # slice side of the synthetic shards
@@ -483,8 +484,6 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path: Path, preci
 # --- precision and memory format -----------------------------------------------------------------
 
 NATIVE_BF16 = native_bf16_feature()
-# bf16 keeps 8 bits of mantissa: stated agreement of bf16 with fp32 (README, "Precision").
-BF16_MAX_DIFF, BF16_MEAN_DIFF = 0.05, 0.005
 
 
 def _conv_dtypes(monkeypatch: pytest.MonkeyPatch) -> set[tuple[torch.dtype, bool]]:
@@ -575,7 +574,6 @@ def test_bf16_and_channels_last_agree_with_fp32(
     assert scores_cl == pytest.approx(scores, abs=1e-5)
     for channels_last in (False, True):
         bf16, scores_bf16 = run(torch.bfloat16, channels_last)
-        difference = np.abs(bf16 - reference)
-        assert difference.max() <= BF16_MAX_DIFF and difference.mean() <= BF16_MEAN_DIFF
+        assert_bf16_agrees(bf16, reference)
         assert scores_bf16["val_dice"] == pytest.approx(scores["val_dice"], abs=0.01)
         assert scores_bf16["val_loss"] == pytest.approx(scores["val_loss"], rel=0.02)

@@ -198,16 +198,19 @@ def _warn_of_repeated_tiles(
     """
     shape = (volume.shape[1], volume.shape[2])
     block = (int(settings["block"][1]), int(settings["block"][2]))
+    works: dict[int, float] = {}  # one line per tile size: an ensemble's models mostly share it
     for model, member in zip(models, members, strict=True):
-        options = TileOptions(tile_size=member["tile_size"], overlap=float(predict["overlap"]))
-        work = tile_work(model.geometry, shape, block, options)
+        tile = int(member["tile_size"])
+        options = TileOptions(tile_size=tile, overlap=float(predict["overlap"]))
+        works[tile] = max(works.get(tile, 0.0), tile_work(model.geometry, shape, block, options))
+    for tile, work in works.items():
         if work > TILE_WORK_WARNING:
             LOG.warning(
                 "apply.block: blocks of %d x %d px compute each %d px tile of %s's %d x %d px"
                 " slices %.1f times on average (blocks of whole slices: once each); larger"
                 " blocks predict faster",
                 *block,
-                member["tile_size"],
+                tile,
                 volume.name,
                 *shape,
                 work,

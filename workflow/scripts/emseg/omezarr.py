@@ -137,14 +137,20 @@ def downsample_mean(block: np.ndarray) -> np.ndarray:
     _, y, x = block.shape
     data = np.asarray(block, dtype=np.float32)
     odd = (0, y % 2), (0, x % 2)
-    if y % 2 or x % 2:
-        data = np.pad(data, ((0, 0), *odd))
-    sums = data[:, 0::2, 0::2] + data[:, 1::2, 0::2] + data[:, 0::2, 1::2] + data[:, 1::2, 1::2]
-    if not (y % 2 or x % 2):
-        return sums * np.float32(0.25)
-    ones = np.pad(np.ones((y, x), dtype=np.float32), odd)
-    counts = ones[0::2, 0::2] + ones[1::2, 0::2] + ones[0::2, 1::2] + ones[1::2, 1::2]
-    return sums / counts
+    if odd == ((0, 0), (0, 0)):
+        return _sum_2x2(data) * np.float32(0.25)
+    counts = _sum_2x2(np.pad(np.ones((y, x), dtype=np.float32), odd))
+    return _sum_2x2(np.pad(data, ((0, 0), *odd))) / counts
+
+
+def _sum_2x2(array: np.ndarray) -> np.ndarray:
+    """Sum of each 2 x 2 cell of the last two axes (both even)."""
+    return (
+        array[..., 0::2, 0::2]
+        + array[..., 1::2, 0::2]
+        + array[..., 0::2, 1::2]
+        + array[..., 1::2, 1::2]
+    )
 
 
 def downsample_labels(block: np.ndarray) -> np.ndarray:

@@ -39,9 +39,13 @@ class Precision:
     def name(self) -> str:
         return next(key for key, dtype in DTYPES.items() if dtype == self.autocast)
 
+    @property
+    def label(self) -> str:
+        """The arithmetic in a few words, e.g. `bf16, channels-last`."""
+        return f"{self.name}, {'channels-last' if self.channels_last else 'contiguous'}"
+
     def describe(self) -> str:
-        layout = "channels-last" if self.channels_last else "contiguous"
-        return f"{self.name}, {layout} ({self.reason})"
+        return f"{self.label} ({self.reason})"
 
     def prepare(self, model: nn.Module) -> nn.Module:
         """The model in the memory format its inputs will have (a no-op for contiguous)."""
