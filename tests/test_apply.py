@@ -166,6 +166,48 @@ def test_a_killed_run_redoes_only_unfinished_jobs(tmp_path: Path) -> None:
         np.testing.assert_array_equal(got[:], expected[:])
 
 
+def test_cells_and_a_tiff_asked_for_later_predict_nothing_again(tmp_path: Path) -> None:
+    """Output switches made from the stored probability (cells, TIFF) leave the prediction alone."""
+    model = write_model(tmp_path / "model.pt")
+    write_zarr(tmp_path / "volume.zarr", random_stack((2, 64, 96)))
+    out = tmp_path / "results/apply/vol"
+    probability = out / "vol.ome.zarr/0"
+
+    def run(segment: bool, tiff: bool) -> dict[str, int]:
+        volumes = {"vol": {"input": str(tmp_path / "volume.zarr"), "segment": segment}}
+        config = apply_config(tmp_path, volumes, model=str(model), tiff=tiff, blocks_per_job=3)
+        planned = jobs_planned(snakemake(tmp_path, "apply", "-n", config=config))
+        result = snakemake(tmp_path, "apply", config=config)
+        assert result.returncode == 0, failure(result)[-3000:]
+        return planned
+
+    def labels() -> set[str]:  # what ome-zarr's reader (and so napari) finds in the store
+        nodes = Reader(parse_url(str(out / "vol.ome.zarr")))()
+        return {node.metadata.get("name") for node in nodes} - {None}
+
+    run(segment=False, tiff=False)
+    assert labels() == {"membrane probability", "mask"}
+    predicted = {path: path.stat().st_mtime_ns for path in probability.rglob("*") if path.is_file()}
+
+    planned = run(segment=True, tiff=True)
+    assert {"apply_prepare", "apply_blocks"}.isdisjoint(planned), planned
+    assert {"apply_segment", "apply_stitch", "apply_relabel", "apply_tiff"} <= set(planned)
+    assert labels() == {"membrane probability", "mask", "cells"}
+    cells = zarr.open_array(out / "vol.ome.zarr/labels/cells/0", mode="r")[:]
+    assert cells.dtype == np.uint32 and cells.max() > 0
+    assert (out / "vol_membrane_prob.tif").is_file()
+
+    assert set(run(segment=False, tiff=True)) == {"apply_finish", "apply"}
+    assert labels() == {"membrane probability", "mask"}  # the cells are gone from the store
+    assert not (out / "vol.ome.zarr/labels/cells").exists()
+
+    planned = run(segment=True, tiff=True)  # the segmentation records are kept: no new segment
+    assert set(planned) == {"apply_stitch", "apply_relabel", "apply_finish", "apply"}, planned
+    again = zarr.open_array(out / "vol.ome.zarr/labels/cells/0", mode="r")[:]
+    np.testing.assert_array_equal(again, cells)
+    assert predicted == {path: path.stat().st_mtime_ns for path in predicted}  # never rewritten
+
+
 def _rgb(folder: Path) -> str:
     tifffile.imwrite(folder / "rgb.tif", np.zeros((40, 40, 3), np.uint8))
     return str(folder / "rgb.tif")

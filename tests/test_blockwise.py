@@ -86,7 +86,7 @@ def apply_with_records(
     store = folder / "out.ome.zarr"
     plan = json.loads(json.dumps(make_plan("test", settings, predict, store)))
     jobs = [run_job(plan, job, CPU, precision) for job in range(plan["jobs"])]
-    finish_volume(plan, jobs)
+    finish_volume(plan, jobs, cells=False)
     return plan, store, jobs
 
 

@@ -16,11 +16,12 @@ import zarr
 from scipy import ndimage
 
 from emseg.blocks import BlockGrid, job_count, levels_per_job, pyramid_shapes
+from emseg.io import InputError
 from emseg.metrics import rand_info_scores
-from emseg.omezarr import Layout, create_store, open_level, quantize
+from emseg.omezarr import create_store, listed_labels, open_level, quantize, store_layout
 from emseg.segment_settings import SegmentSettings
 from emseg.segmentation import segment_stack
-from emseg.stitching import relabel_blocks, segment_blocks, stitch
+from emseg.stitching import forget_cells, relabel_blocks, segment_blocks, stitch
 from emseg.synthetic import synthetic_stack
 
 SHAPE = (2, 100, 118)
@@ -38,22 +39,25 @@ def prepared_store(folder: Path, prob: np.ndarray, dtype: str) -> dict[str, Any]
     """A store holding `prob` at level 0, and the plan the block jobs would have worked from."""
     chunks, block = (1, 16, 16), (1, 32, 32)
     levels = pyramid_shapes(SHAPE, chunks)
-    layout = Layout(
-        folder / "v.ome.zarr", levels, chunks, dtype, {"cells": "uint32"}, (1, 1, 1), None
-    )
-    create_store(layout, {"input": "test", "shape": list(SHAPE), "dtype": "uint8"})
-    open_level(layout.path, 0)[:] = quantize(prob, dtype)
     grid = BlockGrid(SHAPE, block)
-    return {
+    plan = {
         "name": "v",
-        "store": str(layout.path),
+        "store": str(folder / "v.ome.zarr"),
         "shape": list(SHAPE),
         "block": list(block),
+        "chunks": list(chunks),
+        "levels": [list(level) for level in levels],
+        "voxel_size": [1.0, 1.0, 1.0],
+        "unit": None,
+        "ngff": "0.4",
         "blocks_per_job": 5,
         "jobs": job_count(len(grid), 5),
         "job_levels": levels_per_job(block, chunks, len(levels)),
-        "output": {"dtype": dtype},
+        "output": {"dtype": dtype, "mask": False},
     }
+    create_store(store_layout(plan), {"input": "test", "shape": list(SHAPE), "dtype": "uint8"})
+    open_level(Path(plan["store"]), 0)[:] = quantize(prob, dtype)
+    return plan
 
 
 def blockwise_cells(folder: Path, plan: dict[str, Any], settings: SegmentSettings) -> np.ndarray:
@@ -61,8 +65,8 @@ def blockwise_cells(folder: Path, plan: dict[str, Any], settings: SegmentSetting
     for job, record in enumerate(records):
         segment_blocks(plan, settings, 24, job, record)
     stitch(plan, records, folder / "ids.npz")
-    for job in range(plan["jobs"]):
-        relabel_blocks(plan, folder / "ids.npz", job)
+    for job, record in enumerate(records):
+        relabel_blocks(plan, folder / "ids.npz", record, job)
     return zarr.open_array(Path(plan["store"]) / "labels/cells/0", mode="r")[:]
 
 
@@ -99,3 +103,36 @@ def test_label_levels_take_every_second_pixel(tmp_path: Path) -> None:
     cells = blockwise_cells(tmp_path, plan, SegmentSettings(method="watershed"))
     level1 = zarr.open_array(Path(plan["store"]) / "labels/cells/1", mode="r")[:]
     np.testing.assert_array_equal(level1, cells[:, ::2, ::2])
+
+
+def test_a_relabel_job_run_again_writes_the_same_cells(tmp_path: Path) -> None:
+    """A relabel job killed and rerun (rerun-incomplete) must not relabel ids twice."""
+    plan = prepared_store(tmp_path, membrane_probability(), "uint8")
+    cells = blockwise_cells(tmp_path, plan, SegmentSettings(method="watershed"))
+    for job in range(plan["jobs"]):
+        relabel_blocks(plan, tmp_path / "ids.npz", tmp_path / f"{job}.npz", job)
+    again = zarr.open_array(Path(plan["store"]) / "labels/cells/0", mode="r")[:]
+    np.testing.assert_array_equal(again, cells)
+
+
+def test_cells_are_added_to_the_store_and_forgotten_with_their_records(tmp_path: Path) -> None:
+    plan = prepared_store(tmp_path, membrane_probability(), "uint8")
+    store = Path(plan["store"])
+    assert listed_labels(store) == [] and not (store / "labels").exists()
+    blockwise_cells(tmp_path, plan, SegmentSettings(method="threshold"))
+    assert listed_labels(store) == ["cells"]
+    (tmp_path / "0.json").write_text("{}")  # a relabel job's record
+    forget_cells(plan, tmp_path)
+    assert not (store / "labels").exists() and not (tmp_path / "ids.npz").exists()
+    assert not (tmp_path / "0.json").exists() and (tmp_path / "0.npz").exists()
+
+
+def test_a_record_without_cell_ids_is_named(tmp_path: Path) -> None:
+    """A segmentation record of an older emseg held no ids: relabel says which and what to do."""
+    plan = prepared_store(tmp_path, membrane_probability(), "uint8")
+    blockwise_cells(tmp_path, plan, SegmentSettings(method="threshold"))
+    with np.load(tmp_path / "0.npz") as record:
+        old = {key: record[key] for key in record.files if not key.endswith("_ids")}
+    np.savez_compressed(tmp_path / "0.npz", **old)
+    with pytest.raises(InputError, match=r"0\.npz: holds no cell ids of block 0 .* delete "):
+        relabel_blocks(plan, tmp_path / "ids.npz", tmp_path / "0.npz", 0)

@@ -1,7 +1,8 @@
 # Applying trained models to your own volumes, block by block, locally or as SLURM jobs:
 #   snakemake --cores all apply
 # plan (header only) -> prepare (check, normalisation, empty OME-Zarr) -> blocks (one job per
-# group of blocks) -> finish (upper pyramid levels, optional TIFF)
+# group of blocks) -> cells: segment (per job, with a halo) -> stitch (ids over the volume) ->
+# relabel (per job) -> finish (upper pyramid levels, preview) -> optional TIFF
 
 
 rule apply:
@@ -91,6 +92,7 @@ rule apply_relabel:
     input:
         plan=APPLY / "{volume}" / "plan.json",
         lut=APPLY / "{volume}" / "cells" / "ids.npz",
+        record=APPLY / "{volume}" / "cells" / "{job}.npz",
     output:
         done=APPLY / "{volume}" / "cells" / "{job}.json",
     log:
@@ -102,7 +104,8 @@ rule apply_relabel:
 
 
 rule apply_finish:
-    """Build the pyramid levels that span several jobs and mark the OME-Zarr complete."""
+    """Build the pyramid levels that span several jobs and mark the OME-Zarr complete (removing
+    cells an earlier run made, when they are no longer asked for)."""
     input:
         plan=APPLY / "{volume}" / "plan.json",
         jobs=volume_jobs,
@@ -114,15 +117,19 @@ rule apply_finish:
         LOGS / "apply_finish_{volume}.log",
     conda:
         "../../envs/emseg.yaml"
+    params:
+        cells=lambda wildcards: VOLUMES[wildcards.volume]["segment"],
+        cells_folder=lambda wildcards: str(APPLY / wildcards.volume / "cells"),
     script:
         "../scripts/apply_finish.py"
 
 
 rule apply_tiff:
-    """The membrane probability as a multi-page TIFF, for Fiji (apply.tiff: true)."""
+    """The membrane probability as a multi-page TIFF, for Fiji (apply.tiff: true), from level 0
+    of the store once every block job has written it."""
     input:
         plan=APPLY / "{volume}" / "plan.json",
-        record=APPLY / "{volume}" / "{volume}.json",
+        jobs=volume_jobs,
     output:
         tiff=APPLY / "{volume}" / "{volume}_membrane_prob.tif",
     log:

@@ -245,8 +245,10 @@ def volume_store(volume):
 
 
 def volume_plan_settings(volume):
-    """What the plan of a volume depends on (not how its jobs run or cut cells)."""
-    skip = ("threads", "segment_halo", "segment_settings")
+    """What the plan of a volume depends on: not how its jobs run, nor the cells or the TIFF,
+    which are made from the stored probability (changing them predicts nothing again).
+    """
+    skip = ("threads", "segment", "segment_halo", "segment_settings", "tiff")
     return {key: value for key, value in VOLUMES[volume].items() if key not in skip}
 
 

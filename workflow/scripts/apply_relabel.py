@@ -11,7 +11,8 @@ from emseg.stitching import relabel_blocks
 def main(snakemake: Any) -> None:
     plan = read_json(snakemake.input.plan)
     job = int(snakemake.wildcards.job)
-    write_json(snakemake.output.done, relabel_blocks(plan, Path(snakemake.input.lut), job))
+    record = relabel_blocks(plan, Path(snakemake.input.lut), Path(snakemake.input.record), job)
+    write_json(snakemake.output.done, record)
 
 
 if "snakemake" in globals():

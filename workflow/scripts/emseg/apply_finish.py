@@ -23,14 +23,17 @@ LOG = logging.getLogger("emseg")
 IMAGEJ_LIMIT = 4 * 1024**3  # ImageJ's own TIFF reader stops at 4 GiB; beyond, write a BigTIFF
 
 
-def finish_volume(plan: Mapping[str, Any], jobs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    """Build the remaining levels and mark the store complete."""
+def finish_volume(
+    plan: Mapping[str, Any], jobs: Sequence[Mapping[str, Any]], cells: bool
+) -> dict[str, Any]:
+    """Build the remaining levels (of the cells too, when apply_relabel wrote them) and mark the
+    store complete."""
     store = Path(plan["store"])
     stale = sorted({job["job"] for job in jobs if job.get("plan") != plan["plan_hash"]})
     if stale:
         raise RuntimeError(f"jobs {stale} were made for another plan of {plan['name']}")
     tile = level_tile(tuple(plan["chunks"]))
-    labels = [name for name in ("mask", "cells") if plan["output"].get(name)]
+    labels = ["mask"] * bool(plan["output"]["mask"]) + ["cells"] * cells
     for level in range(int(plan["job_levels"]), len(plan["levels"])):
         for label in [None, *labels]:
             build_level(store, level, label, tile)

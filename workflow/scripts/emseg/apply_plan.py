@@ -21,7 +21,7 @@ from emseg.dataset import MIN_SIDE
 from emseg.io import InputError
 from emseg.model_file import ModelFile, load_model_file
 from emseg.models.geometry import Geometry
-from emseg.omezarr import Layout, create_store
+from emseg.omezarr import create_store, store_layout
 from emseg.preprocess import Normalization, fit_normalization
 from emseg.settings import config_hash
 from emseg.tiling import TileOptions, tile_work
@@ -57,11 +57,7 @@ def make_plan(
     block = tuple(int(b) for b in settings["block"])
     levels = pyramid_shapes(shape, chunks)
     grid = BlockGrid(shape, block)
-    output = {
-        "dtype": settings["dtype"],
-        "mask": bool(settings["mask"]),
-        "cells": bool(settings["segment"]),
-    }
+    output = {"dtype": settings["dtype"], "mask": bool(settings["mask"])}
     plan: dict[str, Any] = {
         "name": name,
         "volume": str(settings["input"]),
@@ -83,25 +79,9 @@ def make_plan(
         "ngff": str(settings["ngff"]),
     }
     plan["plan_hash"] = config_hash(plan)
-    layout = Layout(
-        path=store,
-        levels=levels,
-        chunks=chunks,
-        dtype=output["dtype"],
-        labels=_label_images(output),
-        voxel_size=voxel_size,
-        unit=unit,
-        ngff=plan["ngff"],
-    )
     record = {"input": plan["volume"], "shape": list(shape), "dtype": plan["dtype"]}
-    create_store(layout, record | {"plan_hash": plan["plan_hash"], "complete": False})
+    create_store(store_layout(plan), record | {"plan_hash": plan["plan_hash"], "complete": False})
     return plan
-
-
-def _label_images(output: Mapping[str, Any]) -> dict[str, str]:
-    """The label images of the store: the membrane mask and the cells, as the config asks."""
-    wanted = {"mask": ("uint8", output["mask"]), "cells": ("uint32", output["cells"])}
-    return {name: dtype for name, (dtype, asked) in wanted.items() if asked}
 
 
 def fit_volume_normalization(volume: Volume, lower: float, upper: float) -> Normalization:

@@ -23,7 +23,7 @@ CROP = 768  # px of the preview's panels
 GAP = 8  # white px between panels
 
 
-def write_preview(plan: Mapping[str, Any], path: Path) -> None:
+def write_preview(plan: Mapping[str, Any], path: Path, cells: bool) -> None:
     """Write the PNG of the volume's central crop: raw | probability | cells (or mask)."""
     depth, height, width = plan["shape"]
     z = depth // 2
@@ -35,10 +35,10 @@ def write_preview(plan: Mapping[str, Any], path: Path) -> None:
     store = Path(plan["store"])
     prob = np.asarray(open_level(store, 0, mode="r")[z, rows, cols])
     panels = [_rgb(image), _rgb(prob if prob.dtype == np.uint8 else quantize(prob, "uint8"))]
-    if plan["output"].get("cells"):
+    if cells:
         cells = np.asarray(open_level(store, 0, "cells", mode="r")[z, rows, cols])
         panels.append(overlay_segmentation(image, cells))
-    elif plan["output"].get("mask"):
+    elif plan["output"]["mask"]:
         mask = np.asarray(open_level(store, 0, "mask", mode="r")[z, rows, cols]).astype(bool)
         tinted = _rgb(image).astype(np.float32)
         tinted[mask] = 0.5 * tinted[mask] + 0.5 * np.asarray(MASK_COLOUR[:3], np.float32)

@@ -52,6 +52,25 @@ class Layout:
         return 2 if self.ngff == "0.4" else 3
 
 
+def store_layout(plan: Mapping[str, Any]) -> Layout:
+    """The OME-Zarr a plan's jobs write: the probability and, if asked, the membrane mask.
+
+    The cells are not part of it: apply_stitch adds them (emseg.stitching), so that asking for
+    them, or changing how they are cut, leaves the prediction alone.
+    """
+    output = plan["output"]
+    return Layout(
+        path=Path(plan["store"]),
+        levels=[tuple(level) for level in plan["levels"]],
+        chunks=tuple(plan["chunks"]),
+        dtype=output["dtype"],
+        labels={"mask": "uint8"} if output["mask"] else {},
+        voxel_size=tuple(plan["voxel_size"]),
+        unit=plan["unit"],
+        ngff=plan["ngff"],
+    )
+
+
 def create_store(layout: Layout, record: Mapping[str, Any]) -> None:
     """Create the empty store (arrays and metadata), or refuse one that holds another volume.
 
@@ -83,6 +102,41 @@ def create_store(layout: Layout, record: Mapping[str, Any]) -> None:
             _create_array(folder / str(level), shape, layout.chunks, dtype, layout.zarr_format)
 
 
+def add_label_image(layout: Layout, name: str, dtype: str) -> None:
+    """Create label image `name` (every level, empty) in a store and list it in its labels group.
+
+    The cells are added this way once the probability is written, so asking for them later, or
+    for other cells, needs neither a new store nor a new prediction.
+    """
+    folder = layout.path / "labels" / name
+    for level, shape in enumerate(layout.levels):
+        _create_array(folder / str(level), shape, layout.chunks, dtype, layout.zarr_format)
+    _write_group(folder, layout, _label_image_metadata(layout, name), None)
+    _list_labels(layout, [*listed_labels(layout.path), name])
+
+
+def remove_label_image(layout: Layout, name: str) -> None:
+    """Delete label image `name` from a store (if there) and from its labels group's list."""
+    if (layout.path / "labels" / name).exists():
+        shutil.rmtree(layout.path / "labels" / name)
+    _list_labels(layout, [label for label in listed_labels(layout.path) if label != name])
+
+
+def listed_labels(path: Path) -> list[str]:
+    """The label images a store's labels group lists (napari shows these)."""
+    attributes = _read_attributes(path / "labels") or {}
+    return list(attributes.get("ome", attributes).get("labels", []))
+
+
+def _list_labels(layout: Layout, names: list[str]) -> None:
+    """Rewrite the labels group's list; without any label image the group goes."""
+    names = list(dict.fromkeys(names))
+    if names:
+        _write_group(layout.path / "labels", layout, _labels_metadata(layout, names), None)
+    elif (layout.path / "labels").exists():
+        shutil.rmtree(layout.path / "labels")
+
+
 def _array_signature(layout: Layout) -> dict[str, Any]:
     return {
         "levels": [list(level) for level in layout.levels],
@@ -98,7 +152,7 @@ def _write_metadata(layout: Layout, record: Mapping[str, Any]) -> None:
     path = layout.path
     _write_group(path, layout, _image_metadata(layout, "membrane probability"), record)
     if layout.labels:
-        _write_group(path / "labels", layout, _labels_metadata(layout), None)
+        _write_group(path / "labels", layout, _labels_metadata(layout, list(layout.labels)), None)
         for name in layout.labels:
             _write_group(path / "labels" / name, layout, _label_image_metadata(layout, name), None)
 
@@ -109,14 +163,14 @@ def stored_record(path: Path) -> dict[str, Any] | None:
     return attrs.get("emseg") if attrs else None
 
 
-def mark_complete(path: Path, summary: Mapping[str, Any]) -> None:
-    """Record in the group metadata that every block and level is written."""
+def mark_complete(path: Path, summary: Mapping[str, Any], complete: bool = True) -> None:
+    """Record in the group metadata whether every block and level is written (and a summary)."""
     for name in (".zattrs", "zarr.json"):
         metadata = path / name
         if metadata.is_file():
             content = json.loads(metadata.read_text())
             attributes = content if name == ".zattrs" else content["attributes"]
-            attributes["emseg"] = {**attributes.get("emseg", {}), "complete": True, **summary}
+            attributes["emseg"] = {**attributes.get("emseg", {}), "complete": complete, **summary}
             _write_json(metadata, content)
 
 
@@ -276,8 +330,8 @@ def _image_metadata(layout: Layout, name: str) -> dict[str, Any]:
     return _versioned(layout, multiscales)
 
 
-def _labels_metadata(layout: Layout) -> dict[str, Any]:
-    return _versioned(layout, {"labels": list(layout.labels)})
+def _labels_metadata(layout: Layout, names: list[str]) -> dict[str, Any]:
+    return _versioned(layout, {"labels": names})
 
 
 def _label_image_metadata(layout: Layout, name: str) -> dict[str, Any]:

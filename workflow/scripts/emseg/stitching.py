@@ -3,21 +3,26 @@
 1. `segment_blocks` (one job per group of blocks): each block's membrane probability is read with a
    halo of `segment_halo` px (real neighbour pixels; none beyond the volume), each slice is
    segmented on its own (emseg.segmentation, 2-D as everywhere in emseg), and the block's own
-   pixels are written with block-local ids 1..n. The job keeps each block's cell count and its
-   four border lines (first and last row and column of every slice): a few kB per block.
+   pixels go, with block-local ids 1..n, into the job's record (a compressed .npz: about 0.3 MB
+   per 2048^2 block), with each block's cell count and four border lines (first and last row and
+   column of every slice).
 2. `stitch` (one job): segmentation draws a line of 0 between any two cells, and the halo makes
    neighbouring blocks agree on where those lines run, so two adjacent pixels on either side of a
    border that are both non-zero belong to one cell. The connected components of these pairs give
-   every cell one id, numbered 1..N over the whole volume in the order of the blocks.
-3. `relabel_blocks` (one job per group of blocks): each block's local ids become the global ones,
-   and the label pyramid levels inside the block are written.
+   every cell one id, numbered 1..N over the whole volume in the order of the blocks. It then adds
+   the empty `labels/cells` image to the store.
+3. `relabel_blocks` (one job per group of blocks): each block's local ids, read from its record,
+   become the global ones in `labels/cells`, with the label pyramid levels inside the block. The
+   store only ever receives global ids, so a relabel job killed and run again writes the same.
 
 Memory follows the block (and, for the stitch, the number of cells), never the volume.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import zipfile
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -26,8 +31,15 @@ from scipy import sparse
 from scipy.sparse import csgraph
 
 from emseg.blocks import BlockGrid, job_blocks, level_bounds
-from emseg.io import atomic_path
-from emseg.omezarr import downsample_labels, open_level
+from emseg.io import InputError, atomic_path
+from emseg.omezarr import (
+    add_label_image,
+    downsample_labels,
+    mark_complete,
+    open_level,
+    remove_label_image,
+    store_layout,
+)
 from emseg.progress import progress
 from emseg.segment_settings import SegmentSettings
 from emseg.segmentation import segment_slice
@@ -38,28 +50,45 @@ EDGES = ("top", "bottom", "left", "right")
 def segment_blocks(
     plan: Mapping[str, Any], settings: SegmentSettings, halo: int, job: int, out: Path
 ) -> dict[str, Any]:
-    """Pass 1: segment the job's blocks with a halo, write local ids, keep counts and borders."""
-    store = Path(plan["store"])
-    prob, cells = open_level(store, 0, mode="r"), open_level(store, 0, "cells")
+    """Pass 1: segment the job's blocks with a halo; record local ids, counts and borders."""
+    prob = open_level(Path(plan["store"]), 0, mode="r")
     grid = BlockGrid(tuple(plan["shape"]), tuple(plan["block"]))
     scale = 255.0 if plan["output"]["dtype"] == "uint8" else 1.0
-    record: dict[str, np.ndarray] = {}
     total = 0
-    for index in progress(job_blocks(len(grid), int(plan["blocks_per_job"]), job), unit="block"):
-        z0, z1, y0, y1, x0, x1 = grid.bounds(index)
-        r0, c0 = max(0, y0 - halo), max(0, x0 - halo)
-        r1, c1 = min(grid.shape[1], y1 + halo), min(grid.shape[2], x1 + halo)
-        block = np.asarray(prob[z0:z1, r0:r1, c0:c1], dtype=np.float32) / scale
-        local = _segment_interior(block, settings, (y0 - r0, y1 - r0, x0 - c0, x1 - c0))
-        cells[z0:z1, y0:y1, x0:x1] = local
-        count = int(local.max())
-        record[f"{index}_count"] = np.array(count)
-        for edge, line in zip(EDGES, _borders(local), strict=True):
-            record[f"{index}_{edge}"] = line
-        total += count
-    with atomic_path(out) as tmp, open(tmp, "wb") as handle:
-        np.savez_compressed(handle, **record)
+    with _npz_writer(out) as record:
+        for index in progress(
+            job_blocks(len(grid), int(plan["blocks_per_job"]), job), unit="block"
+        ):
+            z0, z1, y0, y1, x0, x1 = grid.bounds(index)
+            r0, c0 = max(0, y0 - halo), max(0, x0 - halo)
+            r1, c1 = min(grid.shape[1], y1 + halo), min(grid.shape[2], x1 + halo)
+            block = np.asarray(prob[z0:z1, r0:r1, c0:c1], dtype=np.float32) / scale
+            local = _segment_interior(block, settings, (y0 - r0, y1 - r0, x0 - c0, x1 - c0))
+            count = int(local.max())
+            record(f"{index}_ids", local)
+            record(f"{index}_count", np.array(count))
+            for edge, line in zip(EDGES, _borders(local), strict=True):
+                record(f"{index}_{edge}", line)
+            total += count
     return {"job": job, "cells_before_stitching": total}
+
+
+@contextmanager
+def _npz_writer(path: Path) -> Iterator[Callable[[str, np.ndarray], None]]:
+    """A compressed .npz (np.load reads it) written an array at a time: a job holds one block.
+
+    Renamed onto `path` only when complete.
+    """
+    with (
+        atomic_path(path) as tmp,
+        zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED, allowZip64=True) as archive,
+    ):
+
+        def add(name: str, array: np.ndarray) -> None:
+            with archive.open(f"{name}.npy", "w", force_zip64=True) as handle:
+                np.lib.format.write_array(handle, np.asanyarray(array), allow_pickle=False)
+
+        yield add
 
 
 def _segment_interior(
@@ -90,7 +119,8 @@ def _borders(local: np.ndarray) -> tuple[np.ndarray, ...]:
 
 
 def stitch(plan: Mapping[str, Any], records: Sequence[Path], out: Path) -> dict[str, Any]:
-    """Pass 2: one id per cell over the volume; writes the lookup table of every block."""
+    """Pass 2: one id per cell over the volume; writes the lookup table of every block and adds
+    the empty label image of the cells to the store (marked incomplete until apply_finish)."""
     grid = BlockGrid(tuple(plan["shape"]), tuple(plan["block"]))
     counts = np.zeros(len(grid), dtype=np.int64)
     borders: dict[tuple[int, str], np.ndarray] = {}
@@ -100,7 +130,7 @@ def stitch(plan: Mapping[str, Any], records: Sequence[Path], out: Path) -> dict[
                 index, what = key.split("_", 1)
                 if what == "count":
                     counts[int(index)] = int(record[key])
-                else:
+                elif what in EDGES:
                     borders[(int(index), what)] = record[key]
     offsets = np.concatenate([[0], np.cumsum(counts)])  # block b's id i is node offsets[b] + i
     pairs = _border_pairs(grid, borders, offsets)
@@ -112,6 +142,8 @@ def stitch(plan: Mapping[str, Any], records: Sequence[Path], out: Path) -> dict[
     lut = _number_in_order(component)
     if lut.max() > np.iinfo(np.uint32).max:
         raise ValueError(f"{plan['name']}: more cells than a uint32 label image can number")
+    mark_complete(Path(plan["store"]), {}, complete=False)
+    add_label_image(store_layout(plan), "cells", "uint32")
     with atomic_path(out) as tmp, open(tmp, "wb") as handle:
         np.savez_compressed(handle, lut=lut.astype(np.uint32), offsets=offsets)
     return {"cells": int(lut.max()), "cells_before_stitching": int(offsets[-1])}
@@ -149,23 +181,41 @@ def _number_in_order(component: np.ndarray) -> np.ndarray:
     return lut
 
 
-def relabel_blocks(plan: Mapping[str, Any], lut_file: Path, job: int) -> dict[str, Any]:
-    """Pass 3: replace the job's block-local ids by the volume's, and write its label levels."""
+def relabel_blocks(
+    plan: Mapping[str, Any], lut_file: Path, record_file: Path, job: int
+) -> dict[str, Any]:
+    """Pass 3: the job's block-local ids (from its record) as the volume's, with their levels."""
     store = Path(plan["store"])
     with np.load(lut_file) as table:
         lut, offsets = table["lut"], table["offsets"]
     levels = [open_level(store, level, "cells") for level in range(int(plan["job_levels"]))]
     grid = BlockGrid(tuple(plan["shape"]), tuple(plan["block"]))
     blocks = job_blocks(len(grid), int(plan["blocks_per_job"]), job)
-    for index in blocks:
-        bounds = grid.bounds(index)
-        z0, z1, y0, y1, x0, x1 = bounds
-        local = np.asarray(levels[0][z0:z1, y0:y1, x0:x1]).astype(np.int64)
-        labels = np.where(local > 0, lut[np.where(local > 0, local + offsets[index], 0)], 0)
-        labels = labels.astype(np.uint32)
-        for level, array in enumerate(levels):
-            if level:
-                labels = downsample_labels(labels)
-            lz0, lz1, ly0, ly1, lx0, lx1 = level_bounds(bounds, level)
-            array[lz0:lz1, ly0:ly1, lx0:lx1] = labels
+    with np.load(record_file) as record:
+        for index in blocks:
+            bounds = grid.bounds(index)
+            if f"{index}_ids" not in record.files:
+                raise InputError(
+                    f"{record_file}: holds no cell ids of block {index} (an older emseg's"
+                    f" record); delete {record_file.parent} and run again"
+                )
+            local = record[f"{index}_ids"].astype(np.int64)
+            labels = np.where(local > 0, lut[np.where(local > 0, local + offsets[index], 0)], 0)
+            labels = labels.astype(np.uint32)
+            for level, array in enumerate(levels):
+                if level:
+                    labels = downsample_labels(labels)
+                lz0, lz1, ly0, ly1, lx0, lx1 = level_bounds(bounds, level)
+                array[lz0:lz1, ly0:ly1, lx0:lx1] = labels
     return {"job": job, "blocks": [blocks.start, blocks.stop]}
+
+
+def forget_cells(plan: Mapping[str, Any], folder: Path) -> None:
+    """Remove the cells of an earlier run from the store, with the stitch's and relabel jobs'
+    records in `folder`: the config no longer asks for cells, and asking again stitches anew.
+
+    The segmentation records stay: asking for the same cells again does not segment again.
+    """
+    remove_label_image(store_layout(plan), "cells")
+    for path in [folder / "ids.npz", *folder.glob("*.json")]:
+        path.unlink(missing_ok=True)
