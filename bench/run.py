@@ -40,6 +40,7 @@ from bench import (  # noqa: E402
     predict_speed,
     quality,
     recipe,
+    segmentation_speed,
     train_speed,
     workflow_speed,
 )
@@ -52,6 +53,7 @@ BENCHMARKS = {
     "recipe": recipe.run,
     "augmentation": augment_speed.run,
     "metrics": metric_speed.run,
+    "segmentation": segmentation_speed.run,
     "workflow": workflow_speed.run,
     "quality": quality.run,
     "apply": apply_speed.run,

@@ -55,6 +55,7 @@ TITLES = [
     "### Augmentation of one",
     "### V_rand and V_info of one",
     "### V_rand / V_info agreement with scikit-image",
+    "### Segmentation of one slice",
     "### Workflow overhead",
     "### Time to quality",
     "### Block-wise application throughput",
@@ -96,6 +97,7 @@ def test_quick_run_prints_every_table_and_records_the_machine(tmp_path: Path) ->
         "recipe",
         "augmentation",
         "metrics",
+        "segmentation",
         "workflow",
         "quality",
         "apply",
@@ -105,6 +107,10 @@ def test_quick_run_prints_every_table_and_records_the_machine(tmp_path: Path) ->
     agreement = record["benchmarks"]["apply"]["tables"][1]["rows"]
     emseg = [row for row in agreement if row["output"].startswith("emseg")]
     assert len(emseg) == 2 and all(row["max diff (uint8 levels)"] <= 1 for row in emseg)
+    segmentation = record["benchmarks"]["segmentation"]["tables"][0]["rows"]
+    assert [row["same labels"] for row in segmentation if row["implementation"] == "emseg"] == [
+        True
+    ]
     if not torch.cuda.is_available():
         assert "not measured: no GPU" in result.stdout
 

@@ -10,13 +10,22 @@ import numpy as np
 import pytest
 import tifffile
 import yaml
+from scipy import ndimage
+from skimage.segmentation import watershed
 
 from emseg.io import read_stack
 from emseg.metrics import label_scores, score_stack
 from emseg.plots import split_merge_masks
 from emseg.segment_settings import METHODS, SegmentSettings
-from emseg.segmentation import segment_slice, segment_stack, write_segmentation
+from emseg.segmentation import (
+    _flood_unlabelled,
+    _interior_seeds,
+    segment_slice,
+    segment_stack,
+    write_segmentation,
+)
 from emseg.settings import describe_schema_error
+from emseg.synthetic import synthetic_stack
 
 ROOT = Path(__file__).resolve().parents[1]
 SCHEMA = ROOT / "workflow" / "schemas" / "config.schema.yaml"
@@ -101,6 +110,31 @@ def test_min_size_floods_small_segments_away() -> None:
     assert kept.max() == 10
     flooded = segment_slice(prob, SegmentSettings(method="watershed", sigma=0.0, min_size=40))
     assert flooded.max() == 9
+
+
+def network_like_map(seed: int, quantize: bool) -> np.ndarray:
+    """A smooth, noisy membrane probability of synthetic EM cells (uint8 steps as apply stores)."""
+    _, labels = synthetic_stack(1, 160, 200, seed, cell_size=24.0)
+    prob = ndimage.gaussian_filter(labels[0].astype(np.float64), 1.2) * 1.6
+    prob = np.clip(prob + np.random.default_rng(seed).normal(0, 0.05, prob.shape), 0, 1)
+    return np.rint(prob * 255) / 255 if quantize else prob
+
+
+@pytest.mark.parametrize("quantize", [False, True])
+def test_the_flood_of_unlabelled_pixels_equals_skimages_whole_watershed(quantize: bool) -> None:
+    """Both floods of the watershed (from the seeds, then over small segments) give skimage's
+    labels, although only the unlabelled pixels and their frontier enter the queue."""
+    for seed in range(4):
+        height = ndimage.gaussian_filter(network_like_map(seed, quantize), 2.0)
+        seeds = _interior_seeds(height, 0.4)
+        whole = watershed(height, seeds, connectivity=1)
+        np.testing.assert_array_equal(_flood_unlabelled(height, seeds), whole)
+        small = np.bincount(whole.ravel())[whole] < 100
+        assert small.any() and not small.all()
+        markers = np.where(small, 0, whole)
+        np.testing.assert_array_equal(
+            _flood_unlabelled(height, markers), watershed(height, markers, connectivity=1)
+        )
 
 
 def test_stack_ids_are_unique_across_slices_and_deterministic() -> None:
