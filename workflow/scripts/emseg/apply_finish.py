@@ -33,7 +33,8 @@ def finish_volume(
     if stale:
         raise RuntimeError(f"jobs {stale} were made for another plan of {plan['name']}")
     tile = level_tile(tuple(plan["chunks"]))
-    labels = ["mask"] * bool(plan["output"]["mask"]) + ["cells"] * cells
+    made = {"mask": bool(plan["output"]["mask"]), "cells": cells}
+    labels = [name for name, present in made.items() if present]
     for level in range(int(plan["job_levels"]), len(plan["levels"])):
         for label in [None, *labels]:
             build_level(store, level, label, tile)

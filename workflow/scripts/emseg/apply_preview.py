@@ -36,8 +36,8 @@ def write_preview(plan: Mapping[str, Any], path: Path, cells: bool) -> None:
     prob = np.asarray(open_level(store, 0, mode="r")[z, rows, cols])
     panels = [_rgb(image), _rgb(prob if prob.dtype == np.uint8 else quantize(prob, "uint8"))]
     if cells:
-        cells = np.asarray(open_level(store, 0, "cells", mode="r")[z, rows, cols])
-        panels.append(overlay_segmentation(image, cells))
+        ids = np.asarray(open_level(store, 0, "cells", mode="r")[z, rows, cols])
+        panels.append(overlay_segmentation(image, ids))
     elif plan["output"]["mask"]:
         mask = np.asarray(open_level(store, 0, "mask", mode="r")[z, rows, cols]).astype(bool)
         tinted = _rgb(image).astype(np.float32)
