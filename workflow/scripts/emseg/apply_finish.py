@@ -17,7 +17,7 @@ import numpy as np
 import tifffile
 
 from emseg.io import atomic_path
-from emseg.omezarr import build_level, level_tile, mark_complete, open_level
+from emseg.omezarr import build_level, level_tile, open_level, set_complete
 
 LOG = logging.getLogger("emseg")
 IMAGEJ_LIMIT = 4 * 1024**3  # ImageJ's own TIFF reader stops at 4 GiB; beyond, write a BigTIFF
@@ -46,7 +46,7 @@ def finish_volume(
         "voxels": voxels,
         "voxels_per_job_second": voxels / max(seconds, 1e-9),
     }
-    mark_complete(store, summary)
+    set_complete(store, True, summary)
     return {"name": plan["name"], "store": str(store), "shape": plan["shape"], **summary}
 
 

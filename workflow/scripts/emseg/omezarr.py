@@ -163,14 +163,15 @@ def stored_record(path: Path) -> dict[str, Any] | None:
     return attrs.get("emseg") if attrs else None
 
 
-def mark_complete(path: Path, summary: Mapping[str, Any], complete: bool = True) -> None:
+def set_complete(path: Path, complete: bool, summary: Mapping[str, Any] | None = None) -> None:
     """Record in the group metadata whether every block and level is written (and a summary)."""
     for name in (".zattrs", "zarr.json"):
         metadata = path / name
         if metadata.is_file():
             content = json.loads(metadata.read_text())
             attributes = content if name == ".zattrs" else content["attributes"]
-            attributes["emseg"] = {**attributes.get("emseg", {}), "complete": complete, **summary}
+            record = {**attributes.get("emseg", {}), "complete": complete, **(summary or {})}
+            attributes["emseg"] = record
             _write_json(metadata, content)
 
 

@@ -35,9 +35,9 @@ from emseg.io import InputError, atomic_path
 from emseg.omezarr import (
     add_label_image,
     downsample_labels,
-    mark_complete,
     open_level,
     remove_label_image,
+    set_complete,
     store_layout,
 )
 from emseg.progress import progress
@@ -142,7 +142,7 @@ def stitch(plan: Mapping[str, Any], records: Sequence[Path], out: Path) -> dict[
     lut = _number_in_order(component)
     if lut.max() > np.iinfo(np.uint32).max:
         raise ValueError(f"{plan['name']}: more cells than a uint32 label image can number")
-    mark_complete(Path(plan["store"]), {}, complete=False)
+    set_complete(Path(plan["store"]), False)
     add_label_image(store_layout(plan), "cells", "uint32")
     with atomic_path(out) as tmp, open(tmp, "wb") as handle:
         np.savez_compressed(handle, lut=lut.astype(np.uint32), offsets=offsets)
