@@ -24,6 +24,7 @@ include: "workflow/rules/segment.smk"
 localrules:
     all,
     apply,
+    apply_add_mask,
     download_isbi2012,
     split_slices,
     isbi_submission,

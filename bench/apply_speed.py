@@ -8,7 +8,7 @@ section without test-time augmentation. Methods, timed round-robin one job's sli
 
 - bare: `emseg.tiling.predict_slice` on the whole slices, read and scaled beforehand (untimed);
 - emseg block-wise: `emseg.blockwise.run_job` as the apply_blocks rule runs it (read with halo,
-  predict, write the uint8 probability, mask and pyramid levels into the OME-Zarr), with the
+  predict, write the uint8 probability and its pyramid levels into the OME-Zarr), with the
   default block (here a whole slice) and a smaller one whose halo shows;
 - torch-em's `predict_with_halo` (bench/torch_em_peer.py) with the same blocks, a halo equal to
   the one emseg reads around an interior block, the same network, scaling and threads.
@@ -527,7 +527,7 @@ THROUGHPUT_NOTES = [
     " slices each, in the order of the rows), so that load from other processes hits them alike.",
     "bare = predict_slice on whole slices already read and scaled to float32 (reading and scaling"
     " untimed); emseg block-wise = run_job (apply_blocks): reading ahead with the halo, scaling,"
-    " prediction, writing the uint8 probability, the mask and the pyramid levels of its blocks.",
+    " prediction, writing the uint8 probability and the pyramid levels of its blocks.",
     "halo px = the widest context read beyond a block: emseg reads what the tiles overlapping the"
     " block need (for a padded net the Gaussian-blended windows that straddle a block border are"
     " computed by both blocks: the passes/slice column counts them); torch-em gets emseg's halo of"

@@ -96,6 +96,8 @@ def test_model_files_need_no_data_and_ngff_05_validates(tmp_path: Path) -> None:
     config.write_text(config.read_text().replace("source: synthetic", "source: isbi2012"))
     planned = jobs_planned(snakemake(tmp_path, "apply", "-n", config=config))
     assert set(planned) == {"apply", "apply_prepare", "apply_blocks", "apply_finish"} | {
+        "apply_add_mask",
+        "apply_mask",
         "apply_segment",
         "apply_stitch",
         "apply_relabel",
@@ -167,16 +169,24 @@ def test_a_killed_run_redoes_only_unfinished_jobs(tmp_path: Path) -> None:
         np.testing.assert_array_equal(got[:], expected[:])
 
 
-def test_cells_and_a_tiff_asked_for_later_predict_nothing_again(tmp_path: Path) -> None:
-    """Output switches made from the stored probability (cells, TIFF) leave the prediction alone."""
+def test_outputs_asked_for_later_predict_nothing_again(tmp_path: Path) -> None:
+    """Outputs made from the stored probability (mask and its threshold, cells, TIFF) leave the
+    prediction alone when they are switched on or off, or changed."""
     model = write_model(tmp_path / "model.pt")
     write_zarr(tmp_path / "volume.zarr", random_stack((2, 64, 96)))
     out = tmp_path / "results/apply/vol"
     probability = out / "vol.ome.zarr/0"
 
-    def run(segment: bool, tiff: bool) -> dict[str, int]:
+    def run(segment: bool, tiff: bool, mask: bool = True, threshold: float = 0.5) -> dict[str, int]:
         volumes = {"vol": {"input": str(tmp_path / "volume.zarr"), "segment": segment}}
-        config = apply_config(tmp_path, volumes, model=str(model), tiff=tiff, blocks_per_job=3)
+        config = write_config(
+            tmp_path,
+            {
+                "apply": {**SMALL, "volumes": volumes, "model": str(model), "tiff": tiff}
+                | {"mask": mask, "blocks_per_job": 3},
+                "predict": {"threshold": threshold},
+            },
+        )
         planned = jobs_planned(snakemake(tmp_path, "apply", "-n", config=config))
         result = snakemake(tmp_path, "apply", config=config)
         assert result.returncode == 0, failure(result)[-3000:]
@@ -206,6 +216,19 @@ def test_cells_and_a_tiff_asked_for_later_predict_nothing_again(tmp_path: Path) 
     assert set(planned) == {"apply_stitch", "apply_relabel", "apply_finish", "apply"}, planned
     again = zarr.open_array(out / "vol.ome.zarr/labels/cells/0", mode="r")[:]
     np.testing.assert_array_equal(again, cells)
+
+    assert set(run(segment=True, tiff=True, mask=False)) == {"apply_finish", "apply"}
+    assert labels() == {"membrane probability", "cells"}
+    assert not (out / "vol.ome.zarr/labels/mask").exists()
+
+    stored = zarr.open_array(probability, mode="r")[:]  # uint8: round(p x 255)
+    level = int(np.percentile(stored, 75))
+    planned = run(segment=True, tiff=True, threshold=(level + 0.5) / 255)  # the mask anew
+    assert set(planned) == {"apply_add_mask", "apply_mask", "apply_finish", "apply"}, planned
+    assert labels() == {"membrane probability", "mask", "cells"}
+    mask = zarr.open_array(out / "vol.ome.zarr/labels/mask/0", mode="r")[:]
+    np.testing.assert_array_equal(mask, stored > level)
+    assert 0 < mask.mean() < 0.3
     assert predicted == {path: path.stat().st_mtime_ns for path in predicted}  # never rewritten
 
 

@@ -23,7 +23,9 @@ from emseg.apply_finish import finish_volume
 from emseg.apply_plan import fit_volume_normalization, make_plan
 from emseg.blockwise import run_job
 from emseg.io import InputError
+from emseg.membrane_mask import mask_blocks, membrane_mask, open_mask
 from emseg.model_file import load_model_file
+from emseg.omezarr import quantize
 from emseg.precision import Precision
 from emseg.preprocess import fit_normalization
 from emseg.tiling import TileOptions, tile_work
@@ -74,7 +76,7 @@ def settings_for(volume: Path, models: list[Path], **overrides: Any) -> dict[str
 def apply_in_process(
     folder: Path, settings: dict[str, Any], predict: dict[str, Any], precision: Precision = FP32
 ) -> tuple[dict[str, Any], Path]:
-    """Plan, run every job and finish, as the rules do, without Snakemake."""
+    """Plan, run every job (and the mask's) and finish, as the rules do, without Snakemake."""
     plan, store, _ = apply_with_records(folder, settings, predict, precision)
     return plan, store
 
@@ -86,7 +88,11 @@ def apply_with_records(
     store = folder / "out.ome.zarr"
     plan = json.loads(json.dumps(make_plan("test", settings, predict, store)))
     jobs = [run_job(plan, job, CPU, precision) for job in range(plan["jobs"])]
-    finish_volume(plan, jobs, cells=False)
+    if settings["mask"]:
+        open_mask(plan)
+        for job in range(plan["jobs"]):
+            mask_blocks(plan, job, predict["threshold"])
+    finish_volume(plan, jobs, ["mask"] if settings["mask"] else [])
     return plan, store, jobs
 
 
@@ -203,6 +209,22 @@ def test_uint8_levels_match_the_float_prediction(tmp_path: Path) -> None:
         coarse = zarr.open_array(store / str(level), mode="r")[:].astype(float)
         assert coarse.shape == tuple(plan["levels"][level])
         assert abs(coarse.mean() - stored.astype(float).mean()) < 2.0
+    mask = zarr.open_array(store / "labels/mask/0", mode="r")[:]
+    np.testing.assert_array_equal(mask, stored >= 128)  # p >= 0.5 from the uint8 store
+    for level in range(1, 5):  # label levels take every second pixel, in the jobs and in finish
+        step = 2**level
+        level_mask = zarr.open_array(store / f"labels/mask/{level}", mode="r")[:]
+        np.testing.assert_array_equal(level_mask, mask[:, ::step, ::step])
+
+
+def test_the_mask_of_a_uint8_store_equals_the_float_threshold_at_one_half() -> None:
+    rng = np.random.default_rng(0)
+    near = 0.5 + np.arange(-4000, 4000, dtype=np.float32) * np.float32(1e-6)
+    prob = np.concatenate([rng.random(10_000, dtype=np.float32), near]).reshape(1, 2, -1)
+    float_mask = membrane_mask(prob, 0.5)
+    np.testing.assert_array_equal(float_mask, prob >= 0.5)
+    np.testing.assert_array_equal(membrane_mask(quantize(prob, "uint8"), 0.5), float_mask)
+    assert 0 < float_mask.mean() < 1
 
 
 class CountingVolume:

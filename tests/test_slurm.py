@@ -330,8 +330,8 @@ def requeue_report(result: subprocess.CompletedProcess[str], job_id: str) -> str
 def apply_section(folder: Path) -> dict[str, Any]:
     """A volume of 2 x 48 x 64 voxels in blocks of 32 px: 8 blocks, 4 jobs of 2; no cells.
 
-    The cells' jobs (tests/test_apply.py) run the same way; leaving them out keeps the sbatch
-    round trips, seconds each, to the probability's six.
+    The cells' jobs (tests/test_apply.py) run the same way as the mask's; leaving them out keeps
+    the sbatch round trips, seconds each, to ten.
     """
     model = write_model(folder / "model.pt")
     write_zarr(folder / "volume.zarr", random_stack((2, 48, 64)))
@@ -360,7 +360,8 @@ def test_an_applied_volume_runs_as_sbatch_jobs_and_equals_the_local_run(
         stores[name] = folder / "results/apply/vol/vol.ome.zarr"
         if name == "cluster":
             jobs = submissions(text(result))
-            assert sorted(jobs.values()) == ["apply_blocks"] * 4 + ["apply_finish", "apply_prepare"]
+            expected = ["apply_blocks"] * 4 + ["apply_finish"] + ["apply_mask"] * 4
+            assert sorted(jobs.values()) == [*expected, "apply_prepare"]  # apply_add_mask: local
             log = controller_log()
             assert all(exit_status(log, job_id) == 0 for job_id in jobs)
     for level in ("0", "1", "labels/mask/0"):

@@ -15,13 +15,14 @@ import pytest
 import zarr
 from scipy import ndimage
 
+from emseg.apply_finish import finish_volume, forget_label_image
 from emseg.blocks import BlockGrid, job_count, levels_per_job, pyramid_shapes
 from emseg.io import InputError
 from emseg.metrics import rand_info_scores
 from emseg.omezarr import create_store, listed_labels, open_level, quantize, store_layout
 from emseg.segment_settings import SegmentSettings
 from emseg.segmentation import segment_stack
-from emseg.stitching import forget_cells, relabel_blocks, segment_blocks, stitch
+from emseg.stitching import relabel_blocks, segment_blocks, stitch
 from emseg.synthetic import synthetic_stack
 
 SHAPE = (2, 100, 118)
@@ -53,7 +54,8 @@ def prepared_store(folder: Path, prob: np.ndarray, dtype: str) -> dict[str, Any]
         "blocks_per_job": 5,
         "jobs": job_count(len(grid), 5),
         "job_levels": levels_per_job(block, chunks, len(levels)),
-        "output": {"dtype": dtype, "mask": False},
+        "output": {"dtype": dtype},
+        "plan_hash": "test",
     }
     create_store(store_layout(plan), {"input": "test", "shape": list(SHAPE), "dtype": "uint8"})
     open_level(Path(plan["store"]), 0)[:] = quantize(prob, dtype)
@@ -115,14 +117,17 @@ def test_a_relabel_job_run_again_writes_the_same_cells(tmp_path: Path) -> None:
     np.testing.assert_array_equal(again, cells)
 
 
-def test_cells_are_added_to_the_store_and_forgotten_with_their_records(tmp_path: Path) -> None:
+def test_cells_are_listed_when_finished_and_forgotten_with_their_records(tmp_path: Path) -> None:
     plan = prepared_store(tmp_path, membrane_probability(), "uint8")
     store = Path(plan["store"])
     assert listed_labels(store) == [] and not (store / "labels").exists()
     blockwise_cells(tmp_path, plan, SegmentSettings(method="threshold"))
+    assert listed_labels(store) == []  # napari sees no half-written cells
+    finish_volume(plan, [], ["cells"])
     assert listed_labels(store) == ["cells"]
     (tmp_path / "0.json").write_text("{}")  # a relabel job's record
-    forget_cells(plan, tmp_path)
+    forget_label_image(plan, "cells", [tmp_path / "ids.npz", *tmp_path.glob("*.json")])
+    finish_volume(plan, [], [])
     assert not (store / "labels").exists() and not (tmp_path / "ids.npz").exists()
     assert not (tmp_path / "0.json").exists() and (tmp_path / "0.npz").exists()
 

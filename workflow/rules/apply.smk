@@ -1,8 +1,9 @@
 # Applying trained models to your own volumes, block by block, locally or as SLURM jobs:
 #   snakemake --cores all apply
 # plan (header only) -> prepare (check, normalisation, empty OME-Zarr) -> blocks (one job per
-# group of blocks) -> cells: segment (per job, with a halo) -> stitch (ids over the volume) ->
-# relabel (per job) -> finish (upper pyramid levels, preview) -> optional TIFF
+# group of blocks: the probability) -> from the stored probability: mask: add_mask -> mask (per
+# job); cells: segment (per job, with a halo) -> stitch (ids over the volume) -> relabel (per
+# job) -> finish (upper pyramid levels, preview) -> optional TIFF
 
 
 rule apply:
@@ -50,6 +51,40 @@ rule apply_blocks:
         precision=config["predict"]["precision"],
     script:
         "../scripts/apply_blocks.py"
+
+
+rule apply_add_mask:
+    """Add the empty membrane mask to the store (again for another predict.threshold)."""
+    input:
+        plan=APPLY / "{volume}" / "plan.json",
+    output:
+        added=APPLY / "{volume}" / "mask" / "added.json",
+    log:
+        LOGS / "apply_add_mask_{volume}.log",
+    conda:
+        "../../envs/emseg.yaml"
+    params:
+        threshold=config["predict"]["threshold"],
+    script:
+        "../scripts/apply_add_mask.py"
+
+
+rule apply_mask:
+    """The membrane mask of one group of blocks (p >= predict.threshold) and its pyramid levels."""
+    input:
+        plan=APPLY / "{volume}" / "plan.json",
+        predicted=APPLY / "{volume}" / "jobs" / "{job}.json",
+        added=APPLY / "{volume}" / "mask" / "added.json",
+    output:
+        done=APPLY / "{volume}" / "mask" / "{job}.json",
+    log:
+        LOGS / "apply_mask_{volume}_job{job}.log",
+    conda:
+        "../../envs/emseg.yaml"
+    params:
+        threshold=config["predict"]["threshold"],
+    script:
+        "../scripts/apply_mask.py"
 
 
 rule apply_segment:
@@ -105,11 +140,12 @@ rule apply_relabel:
 
 rule apply_finish:
     """Build the pyramid levels that span several jobs and mark the OME-Zarr complete (removing
-    cells an earlier run made, when they are no longer asked for)."""
+    the mask or cells an earlier run made, when they are no longer asked for)."""
     input:
         plan=APPLY / "{volume}" / "plan.json",
         jobs=volume_jobs,
-        cells=volume_cells,
+        mask=volume_label_jobs("mask"),
+        cells=volume_label_jobs("cells"),
     output:
         record=APPLY / "{volume}" / "{volume}.json",
         preview=APPLY / "{volume}" / "{volume}_preview.png",
@@ -118,8 +154,9 @@ rule apply_finish:
     conda:
         "../../envs/emseg.yaml"
     params:
+        mask=lambda wildcards: VOLUMES[wildcards.volume]["mask"],
         cells=lambda wildcards: VOLUMES[wildcards.volume]["segment"],
-        cells_folder=lambda wildcards: str(APPLY / wildcards.volume / "cells"),
+        folder=lambda wildcards: str(APPLY / wildcards.volume),
     script:
         "../scripts/apply_finish.py"
 

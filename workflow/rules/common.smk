@@ -245,16 +245,17 @@ def volume_store(volume):
 
 
 def volume_plan_settings(volume):
-    """What the plan of a volume depends on: not how its jobs run, nor the cells or the TIFF,
-    which are made from the stored probability (changing them predicts nothing again).
+    """What the plan of a volume depends on: not how its jobs run, nor the mask, the cells or the
+    TIFF, which are made from the stored probability (changing them predicts nothing again).
     """
-    skip = ("threads", "segment", "segment_halo", "segment_settings", "tiff")
+    skip = ("threads", "mask", "segment", "segment_halo", "segment_settings", "tiff")
     return {key: value for key, value in VOLUMES[volume].items() if key not in skip}
 
 
 def plan_predict_settings():
-    """The predict keys a volume's plan depends on (not the device, which only the jobs use)."""
-    keys = ("tile_size", "batch_size", "overlap", "tta", "threshold")
+    """The predict keys a volume's plan depends on (not the device, which only the jobs use, nor
+    the threshold, which only the mask uses)."""
+    keys = ("tile_size", "batch_size", "overlap", "tta")
     return {key: config["predict"][key] for key in keys}
 
 
@@ -279,11 +280,15 @@ def volume_halo_jobs(wildcards):
     return [APPLY / wildcards.volume / "jobs" / f"{job}.json" for job in jobs]
 
 
-def volume_cells(wildcards):
-    """The relabelled cells of every job of a volume, when apply.segment asks for cells."""
-    return (
-        volume_jobs(wildcards, "cells") if VOLUMES[wildcards.volume]["segment"] else []
-    )
+def volume_label_jobs(label):
+    """Every job's record of label image `label` (mask, cells) of a volume, when asked for."""
+    switch = {"mask": "mask", "cells": "segment"}[label]
+
+    def records(wildcards):
+        asked = VOLUMES[wildcards.volume][switch]
+        return volume_jobs(wildcards, label) if asked else []
+
+    return records
 
 
 def apply_gpu():

@@ -3,21 +3,27 @@
 from pathlib import Path
 from typing import Any
 
-from emseg.apply_finish import finish_volume
+from emseg.apply_finish import finish_volume, forget_label_image
 from emseg.apply_preview import write_preview
 from emseg.io import read_json, write_json
 from emseg.runner import LOG, run_rule
-from emseg.stitching import forget_cells
 
 
 def main(snakemake: Any) -> None:
     plan = read_json(snakemake.input.plan)
     jobs = [read_json(path) for path in snakemake.input.jobs]
-    cells = bool(snakemake.params.cells)
-    if not cells:  # apply.segment: false; cells of an earlier run would not match the config
-        forget_cells(plan, Path(snakemake.params.cells_folder))
-    record = finish_volume(plan, jobs, cells)
-    write_preview(plan, Path(snakemake.output.preview), cells)
+    asked = {"mask": bool(snakemake.params.mask), "cells": bool(snakemake.params.cells)}
+    folder = Path(snakemake.params.folder)
+    # Label images of an earlier run that the config no longer asks for would not match it. The
+    # cells' segmentation records stay: asking for the same cells again does not segment again.
+    if not asked["mask"]:
+        forget_label_image(plan, "mask", (folder / "mask").glob("*.json"))
+    if not asked["cells"]:
+        records = [folder / "cells" / "ids.npz", *(folder / "cells").glob("*.json")]
+        forget_label_image(plan, "cells", records)
+    labels = [name for name, wanted in asked.items() if wanted]
+    record = finish_volume(plan, jobs, labels)
+    write_preview(plan, Path(snakemake.output.preview), labels)
     LOG.info(
         "%s: complete; open %s in napari, or look at %s",
         plan["name"],

@@ -57,7 +57,7 @@ def make_plan(
     block = tuple(int(b) for b in settings["block"])
     levels = pyramid_shapes(shape, chunks)
     grid = BlockGrid(shape, block)
-    output = {"dtype": settings["dtype"], "mask": bool(settings["mask"])}
+    output = {"dtype": settings["dtype"]}
     plan: dict[str, Any] = {
         "name": name,
         "volume": str(settings["input"]),
@@ -74,7 +74,7 @@ def make_plan(
         "job_levels": levels_per_job(block, chunks, len(levels)),
         "halo_z": 0,  # 2-D networks; a volumetric network would read this many slices each side
         "members": members,
-        "predict": {key: predict[key] for key in ("batch_size", "overlap", "tta", "threshold")},
+        "predict": {key: predict[key] for key in ("batch_size", "overlap", "tta")},
         "output": output,
         "ngff": str(settings["ngff"]),
     }

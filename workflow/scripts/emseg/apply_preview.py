@@ -1,14 +1,14 @@
 """A first look at an applied volume without a viewer: one PNG of a crop of its middle slice.
 
 Three panels side by side: the raw image, the membrane probability and the cells in random colours
-over the image (the membrane mask in magenta when no cells were asked for). The crop is read at
-full resolution from the centre of the middle slice, so it costs one small read whatever the
-volume's size.
+over the image (the membrane mask in magenta when no cells were asked for, nothing when neither).
+The crop is read at full resolution from the centre of the middle slice, so it costs one small read
+whatever the volume's size.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +23,7 @@ CROP = 768  # px of the preview's panels
 GAP = 8  # white px between panels
 
 
-def write_preview(plan: Mapping[str, Any], path: Path, cells: bool) -> None:
+def write_preview(plan: Mapping[str, Any], path: Path, labels: Sequence[str]) -> None:
     """Write the PNG of the volume's central crop: raw | probability | cells (or mask)."""
     depth, height, width = plan["shape"]
     z = depth // 2
@@ -35,10 +35,10 @@ def write_preview(plan: Mapping[str, Any], path: Path, cells: bool) -> None:
     store = Path(plan["store"])
     prob = np.asarray(open_level(store, 0, mode="r")[z, rows, cols])
     panels = [_rgb(image), _rgb(prob if prob.dtype == np.uint8 else quantize(prob, "uint8"))]
-    if cells:
+    if "cells" in labels:
         ids = np.asarray(open_level(store, 0, "cells", mode="r")[z, rows, cols])
         panels.append(overlay_segmentation(image, ids))
-    elif plan["output"]["mask"]:
+    elif "mask" in labels:
         mask = np.asarray(open_level(store, 0, "mask", mode="r")[z, rows, cols]).astype(bool)
         tinted = _rgb(image).astype(np.float32)
         tinted[mask] = 0.5 * tinted[mask] + 0.5 * np.asarray(MASK_COLOUR[:3], np.float32)

@@ -4,8 +4,9 @@ One job predicts a run of blocks (emseg.blocks). For every block it reads, in on
 rectangle that the block's tiles need (the block plus the network's halo: real neighbour pixels
 inside the volume, mirrored only at its true border), predicts each slice of the block with
 `emseg.tiling.predict_region` (the whole slice's tile grid, so blocks meet without seams),
-averages the models of an ensemble and writes the block's own chunks: the probability, the mask
-and the pyramid levels whose chunks lie inside the block. Reading the next block and writing the
+averages the models of an ensemble and writes the block's own chunks: the probability and the
+pyramid levels whose chunks lie inside the block (the mask and the cells are later stages, made
+from the stored probability). Reading the next block and writing the
 last one run in background threads while the network computes, so the I/O costs little time.
 """
 
@@ -25,7 +26,7 @@ import torch
 from emseg.blocks import BlockGrid, Bounds, job_blocks, level_bounds
 from emseg.io import InputError
 from emseg.model_file import load_model_file
-from emseg.omezarr import downsample_labels, downsample_mean, open_level, quantize
+from emseg.omezarr import downsample_mean, open_level, quantize
 from emseg.precision import Precision
 from emseg.preprocess import Normalization
 from emseg.progress import progress
@@ -118,31 +119,20 @@ def predict_block(
 
 
 class BlockWriter:
-    """Writes a block's probability, mask and own pyramid levels into the store's arrays."""
+    """Writes a block's probability and its own pyramid levels into the store's arrays."""
 
     def __init__(self, plan: Mapping[str, Any]) -> None:
         store = Path(plan["store"])
-        levels = int(plan["job_levels"])
         self.dtype = plan["output"]["dtype"]
-        self.threshold = float(plan["predict"]["threshold"])
-        self.images = [open_level(store, level) for level in range(levels)]
-        self.masks = (
-            [open_level(store, level, "mask") for level in range(levels)]
-            if plan["output"]["mask"]
-            else []
-        )
+        self.images = [open_level(store, level) for level in range(int(plan["job_levels"]))]
 
     def write(self, bounds: Bounds, prob: np.ndarray) -> None:
         image = prob
-        mask = (prob >= self.threshold).astype(np.uint8) if self.masks else None
         for level, array in enumerate(self.images):
             if level:
                 image = downsample_mean(image)
             z0, z1, y0, y1, x0, x1 = level_bounds(bounds, level)
             array[z0:z1, y0:y1, x0:x1] = quantize(image, self.dtype)
-            if mask is not None:
-                mask = downsample_labels(mask) if level else mask
-                self.masks[level][z0:z1, y0:y1, x0:x1] = mask
 
 
 def run_job(

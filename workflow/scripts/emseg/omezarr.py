@@ -7,11 +7,14 @@ zarr v3 on request):
         labels/mask/          multiscale label image: 1 = membrane (p >= predict.threshold)
         labels/cells/         multiscale label image: one id per cell (the segmentation stage)
 
-Every level halves y and x and keeps z (serial sections are anisotropic). The store is created
+Every level halves y and x and keeps z (serial sections are anisotropic). The image is created
 empty, with all its metadata, before any job runs; each job then writes only its own chunks, and
 the group metadata records which volume the store holds, so a store that holds another volume is
-refused instead of overwritten. Metadata files are written atomically. napari opens the store with
-the image and its labels as layers; napari-ome-zarr, Fiji (N5/OME-Zarr) and BigDataViewer read it.
+refused instead of overwritten. The label images are made from the stored probability and added
+later (`add_label_image`), each by its own stage; apply_finish lists the ones asked for
+(`list_label_images`), so a viewer sees them once they are whole. Metadata files are written
+atomically. napari opens the store with the image and its labels as layers; napari-ome-zarr, Fiji
+(N5/OME-Zarr) and BigDataViewer read it.
 """
 
 from __future__ import annotations
@@ -19,14 +22,14 @@ from __future__ import annotations
 import json
 import math
 import shutil
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from emseg.blocks import BlockGrid, Shape
+from emseg.blocks import BlockGrid, Bounds, Shape, level_bounds
 from emseg.io import InputError, atomic_path
 from emseg.progress import progress
 
@@ -42,7 +45,6 @@ class Layout:
     levels: list[Shape]
     chunks: Shape
     dtype: str  # of the probability image: float32 or uint8 (p x 255)
-    labels: dict[str, str]  # label image name -> pixel type
     voxel_size: tuple[float, float, float]
     unit: str | None
     ngff: str = "0.4"
@@ -53,10 +55,10 @@ class Layout:
 
 
 def store_layout(plan: Mapping[str, Any]) -> Layout:
-    """The OME-Zarr a plan's jobs write: the probability and, if asked, the membrane mask.
+    """The OME-Zarr a plan's block jobs write the probability into.
 
-    The cells are not part of it: apply_stitch adds them (emseg.stitching), so that asking for
-    them, or changing how they are cut, leaves the prediction alone.
+    The label images (mask, cells) are not part of the plan: their stages add them to the store,
+    so that asking for them, or changing how they are made, leaves the prediction alone.
     """
     output = plan["output"]
     return Layout(
@@ -64,7 +66,6 @@ def store_layout(plan: Mapping[str, Any]) -> Layout:
         levels=[tuple(level) for level in plan["levels"]],
         chunks=tuple(plan["chunks"]),
         dtype=output["dtype"],
-        labels={"mask": "uint8"} if output["mask"] else {},
         voxel_size=tuple(plan["voxel_size"]),
         unit=plan["unit"],
         ngff=plan["ngff"],
@@ -95,31 +96,28 @@ def create_store(layout: Layout, record: Mapping[str, Any]) -> None:
             return
         shutil.rmtree(path)
     _write_metadata(layout, record)
-    groups = [(path, layout.dtype)]
-    groups += [(path / "labels" / name, dtype) for name, dtype in layout.labels.items()]
-    for folder, dtype in groups:
-        for level, shape in enumerate(layout.levels):
-            _create_array(folder / str(level), shape, layout.chunks, dtype, layout.zarr_format)
+    for level, shape in enumerate(layout.levels):
+        _create_array(path / str(level), shape, layout.chunks, layout.dtype, layout.zarr_format)
 
 
 def add_label_image(layout: Layout, name: str, dtype: str) -> None:
-    """Create label image `name` (every level, empty) in a store and list it in its labels group.
+    """Create label image `name` (every level, empty) in a store, unlisted until apply_finish.
 
-    The cells are added this way once the probability is written, so asking for them later, or
-    for other cells, needs neither a new store nor a new prediction.
+    The mask and the cells are added this way once the probability is written, so asking for
+    them later, or for other ones, needs neither a new store nor a new prediction. Only one job
+    of a volume adds each label image, and none writes the labels group's list, so stages running
+    side by side never overwrite each other's metadata.
     """
     folder = layout.path / "labels" / name
     for level, shape in enumerate(layout.levels):
         _create_array(folder / str(level), shape, layout.chunks, dtype, layout.zarr_format)
     _write_group(folder, layout, _label_image_metadata(layout, name), None)
-    _list_labels(layout, [*listed_labels(layout.path), name])
 
 
 def remove_label_image(layout: Layout, name: str) -> None:
-    """Delete label image `name` from a store (if there) and from its labels group's list."""
+    """Delete label image `name` from a store, if there (list_label_images then unlists it)."""
     if (layout.path / "labels" / name).exists():
         shutil.rmtree(layout.path / "labels" / name)
-    _list_labels(layout, [label for label in listed_labels(layout.path) if label != name])
 
 
 def listed_labels(path: Path) -> list[str]:
@@ -128,8 +126,8 @@ def listed_labels(path: Path) -> list[str]:
     return list(attributes.get("ome", attributes).get("labels", []))
 
 
-def _list_labels(layout: Layout, names: list[str]) -> None:
-    """Rewrite the labels group's list; without any label image the group goes."""
+def list_label_images(layout: Layout, names: Sequence[str]) -> None:
+    """Write the labels group's list; without any label image the group goes."""
     names = list(dict.fromkeys(names))
     if names:
         _write_group(layout.path / "labels", layout, _labels_metadata(layout, names), None)
@@ -142,19 +140,13 @@ def _array_signature(layout: Layout) -> dict[str, Any]:
         "levels": [list(level) for level in layout.levels],
         "chunks": list(layout.chunks),
         "dtype": layout.dtype,
-        "labels": dict(layout.labels),
         "ngff": layout.ngff,
     }
 
 
 def _write_metadata(layout: Layout, record: Mapping[str, Any]) -> None:
-    """The metadata of the image group, its labels group and each label image."""
-    path = layout.path
-    _write_group(path, layout, _image_metadata(layout, "membrane probability"), record)
-    if layout.labels:
-        _write_group(path / "labels", layout, _labels_metadata(layout, list(layout.labels)), None)
-        for name in layout.labels:
-            _write_group(path / "labels" / name, layout, _label_image_metadata(layout, name), None)
+    """The metadata of the image group, with the emseg record."""
+    _write_group(layout.path, layout, _image_metadata(layout, "membrane probability"), record)
 
 
 def stored_record(path: Path) -> dict[str, Any] | None:
@@ -211,6 +203,15 @@ def _sum_2x2(array: np.ndarray) -> np.ndarray:
 def downsample_labels(block: np.ndarray) -> np.ndarray:
     """Halve y and x of a label image by taking every second pixel (labels must not be averaged)."""
     return block[:, ::2, ::2]
+
+
+def write_label_levels(levels: Sequence[Any], bounds: Bounds, labels: np.ndarray) -> None:
+    """A block's labels into `levels` (level 0 first): the pyramid levels inside the block."""
+    for level, array in enumerate(levels):
+        if level:
+            labels = downsample_labels(labels)
+        z0, z1, y0, y1, x0, x1 = level_bounds(bounds, level)
+        array[z0:z1, y0:y1, x0:x1] = labels
 
 
 def quantize(prob: np.ndarray, dtype: str) -> np.ndarray:

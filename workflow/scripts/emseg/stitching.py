@@ -10,7 +10,7 @@
    neighbouring blocks agree on where those lines run, so two adjacent pixels on either side of a
    border that are both non-zero belong to one cell. The connected components of these pairs give
    every cell one id, numbered 1..N over the whole volume in the order of the blocks. It then adds
-   the empty `labels/cells` image to the store.
+   the empty `labels/cells` image to the store (apply_finish lists it once it is written).
 3. `relabel_blocks` (one job per group of blocks): each block's local ids, read from its record,
    become the global ones in `labels/cells`, with the label pyramid levels inside the block. The
    store only ever receives global ids, so a relabel job killed and run again writes the same.
@@ -30,15 +30,14 @@ import numpy as np
 from scipy import sparse
 from scipy.sparse import csgraph
 
-from emseg.blocks import BlockGrid, job_blocks, level_bounds
+from emseg.blocks import BlockGrid, job_blocks
 from emseg.io import InputError, atomic_path
 from emseg.omezarr import (
     add_label_image,
-    downsample_labels,
     open_level,
-    remove_label_image,
     set_complete,
     store_layout,
+    write_label_levels,
 )
 from emseg.progress import progress
 from emseg.segment_settings import SegmentSettings
@@ -201,21 +200,5 @@ def relabel_blocks(
                 )
             local = record[f"{index}_ids"].astype(np.int64)
             labels = np.where(local > 0, lut[np.where(local > 0, local + offsets[index], 0)], 0)
-            labels = labels.astype(np.uint32)
-            for level, array in enumerate(levels):
-                if level:
-                    labels = downsample_labels(labels)
-                lz0, lz1, ly0, ly1, lx0, lx1 = level_bounds(bounds, level)
-                array[lz0:lz1, ly0:ly1, lx0:lx1] = labels
+            write_label_levels(levels, bounds, labels.astype(np.uint32))
     return {"job": job, "blocks": [blocks.start, blocks.stop]}
-
-
-def forget_cells(plan: Mapping[str, Any], folder: Path) -> None:
-    """Remove the cells of an earlier run from the store, with the stitch's and relabel jobs'
-    records in `folder`: the config no longer asks for cells, and asking again stitches anew.
-
-    The segmentation records stay: asking for the same cells again does not segment again.
-    """
-    remove_label_image(store_layout(plan), "cells")
-    for path in [folder / "ids.npz", *folder.glob("*.json")]:
-        path.unlink(missing_ok=True)
