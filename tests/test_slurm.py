@@ -298,11 +298,14 @@ def start_now(job_id: str) -> None:
 
     The wait lets a loaded node finish the first run (its batch script reports its end after the
     job is already pending again); starting the second run before that can make SLURM end it.
+    Then two more seconds: slurmd revokes the first run's credential with a time in whole seconds
+    and refuses a new one created in that same second ("Job credential revoked", seen in CI).
     """
     deadline = time.monotonic() + 60
     while not first_run_gone(job_id):
         assert time.monotonic() < deadline, f"job {job_id} was not requeued"
         time.sleep(0.2)
+    time.sleep(2)
     slurm("scontrol", "update", f"JobId={job_id}", "StartTime=now")
 
 
