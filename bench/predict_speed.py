@@ -2,7 +2,9 @@
 
 The tiling overhead compares `emseg.tiling.predict_slice` with the bare forward passes of exactly
 the batches it ran (copied by a hook on the model), ready on the device: everything else (cutting
-tiles, copies, softmax, blending, stitching) is overhead.
+tiles, copies, softmax, blending, stitching) is overhead. Every contender runs in the precision and
+memory format that `predict.precision: auto` picks on the device (emseg.precision), as the
+predict rule does: bf16 autocast and channels-last on a GPU or a CPU with native bf16.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from bench.harness import (
 )
 from emseg.models import build_model
 from emseg.models.geometry import Geometry
+from emseg.precision import Precision, choose_precision
 from emseg.preprocess import mirror_pad
 from emseg.tiling import TileOptions, predict_slice
 
@@ -65,9 +68,14 @@ def _cases(settings: Settings) -> list[Case]:
     return cases
 
 
+def _precision(device: torch.device) -> Precision:
+    """What the predict rule runs in on `device` (predict.precision: auto)."""
+    return choose_precision("auto", device, "predict.precision")
+
+
 def _model(case: Case, device: torch.device) -> nn.Module:
     torch.manual_seed(0)
-    return build_model(case.spec).to(device).eval()
+    return _precision(device).prepare(build_model(case.spec).to(device).eval())
 
 
 def _slice(image: np.ndarray, size: int, margin: int) -> np.ndarray:
@@ -78,10 +86,11 @@ def _slice(image: np.ndarray, size: int, margin: int) -> np.ndarray:
 
 
 def _options(case: Case, device: torch.device) -> TileOptions:
-    """As the predict rule does: bf16 autocast on CUDA."""
-    o = case.options
-    autocast = torch.bfloat16 if device.type == "cuda" else None
-    return TileOptions(o.tile_size, o.batch_size, o.overlap, o.tta, autocast=autocast)
+    """As the predict rule does, in the precision `auto` picks on `device`."""
+    o, precision = case.options, _precision(device)
+    return TileOptions(
+        o.tile_size, o.batch_size, o.overlap, o.tta, precision.autocast, precision.channels_last
+    )
 
 
 def _throughput_row(
@@ -147,9 +156,7 @@ class NullNet(nn.Module):
 
 
 def _autocast(device: torch.device) -> contextlib.AbstractContextManager[object]:
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+    return _precision(device).autocast_context(device)
 
 
 def _monai_fn(
@@ -158,8 +165,11 @@ def _monai_fn(
     """MONAI's Gaussian-blended sliding window with emseg's tile, overlap and batch size."""
     from monai.inferers import sliding_window_inference
 
+    memory_format = torch.channels_last if options.channels_last else torch.contiguous_format
+
     def predictor(x: torch.Tensor) -> torch.Tensor:
-        return torch.softmax(model(x).float(), dim=1)[:, 1:]
+        logits = model(x.contiguous(memory_format=memory_format))
+        return torch.softmax(logits.float(), dim=1)[:, 1:]
 
     def once() -> np.ndarray:
         inputs = torch.from_numpy(padded)[None, None].to(device)
@@ -275,8 +285,9 @@ def run(settings: Settings) -> list[Table]:
         "Prediction throughput (emseg.tiling.predict_slice, untrained weights, no TTA)",
         THROUGHPUT,
         notes=[
-            "Tile, batch and overlap from each config's predict section; CUDA runs in bf16"
-            " autocast as the predict rule does. TTA would cost 8x.",
+            "Tile, batch and overlap from each config's predict section; each device in the"
+            " precision and memory format `predict.precision: auto` picks there, as the predict"
+            f" rule does (this CPU: {_precision(torch.device('cpu')).label}). TTA would cost 8x.",
             f"On the CPU the {large} x {large} slice uses the default (small) model only: the"
             " paper's 64-channel net would take several minutes per slice there.",
             "peak RSS = resident memory above the level before the runs (sampled every 5 ms);"
@@ -290,7 +301,7 @@ def run(settings: Settings) -> list[Table]:
             f"Target: tiling overhead < {100 * TARGET_OVERHEAD:.0f} % over the bare forward"
             " passes of the same batches (recorded, ready on the device); MONAI / emseg >= 1"
             " means emseg is at least as fast. MONAI: mode 'gaussian', sigma_scale 0.125, reflect"
-            " padding, same batch size.",
+            " padding, same batch size, precision and memory format.",
             "emseg, bare and MONAI take turns, so load from other processes hits them alike; the"
             " verdicts use the minima (the least disturbed runs): on a shared machine the medians"
             " mostly measure the neighbours."
