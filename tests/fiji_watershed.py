@@ -4,7 +4,7 @@ The ISBI 2012 evaluation (`RandError.getForegroundRestrictedRandAfterThinningSta
 information counterpart) binarises the proposal with cell -> 0 and boundary -> 255, then thins it
 with `new WatershedTransform2D(binaryProposal, 4).apply()`: a Vincent-Soille flooding without
 markers. This module follows that Java code step by step, in plain Python, so that the tests can
-check emseg's own thinning (`emseg.metrics.thinned_proposal`, a scikit-image seeded watershed)
+check emseg's own thinning (`emseg.thinning.thinned_proposal`, a layer-by-layer flood in numpy)
 against it. It is slow (pure Python, about a second per 512 x 512 slice) and is not used by emseg.
 
 Details kept from the Java code because they decide the output:

@@ -45,6 +45,12 @@ def test_the_shared_entry_points_pull_no_heavy_library(statement: str, also_not:
     assert modules_loaded_by(statement) & (HEAVY | also_not) == set()
 
 
+@pytest.mark.parametrize("module", ["emseg.stitching", "emseg.membrane_mask"])
+def test_the_cell_and_mask_jobs_of_a_volume_do_without_pandas_and_torch(module: str) -> None:
+    """apply_segment, apply_relabel and apply_mask run once per job of a volume: hundreds."""
+    assert modules_loaded_by(f"import {module}") & {"pandas", "torch"} == set()
+
+
 def test_config_errors_are_one_class_wherever_they_are_imported_from() -> None:
     """common.smk, the scripts and emseg.settings raise and catch the same ConfigError."""
     from emseg import errors, runner, settings

@@ -19,8 +19,8 @@ from emseg.metrics import (
     pixel_scores,
     rand_info_scores,
     score_stack,
-    thinned_proposal,
 )
+from emseg.thinning import thinned_proposal
 
 FOUR = ndimage.generate_binary_structure(2, 1)
 ISBI_LABEL = Path("/work/shared/data/isbi2012/train/label/0.png")

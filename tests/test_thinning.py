@@ -1,6 +1,6 @@
 """emseg's thinning against a line-by-line port of Fiji's WatershedTransform2D (the challenge's).
 
-`emseg.metrics.thinned_proposal` floods layer by layer with numpy; tests/fiji_watershed.py follows
+`emseg.thinning.thinned_proposal` floods layer by layer with numpy; tests/fiji_watershed.py follows
 the Java code pixel by pixel. They must give the same segments and the same line pixels.
 """
 
@@ -13,7 +13,8 @@ import pytest
 from PIL import Image
 from scipy import ndimage
 
-from emseg.metrics import ground_truth_cells, rand_info_scores, thinned_proposal
+from emseg.metrics import ground_truth_cells, rand_info_scores
+from emseg.thinning import thinned_proposal
 from fiji_watershed import fiji_thinned_proposal
 
 ISBI_LABEL = Path(__file__).resolve().parents[2] / "shared/data/isbi2012/train/label/0.png"

@@ -5,7 +5,7 @@ segmented on its own; `segment_stack` then numbers the cells of the whole stack 
 Methods (`segment.method`):
 
 - `threshold`: the challenge's own cut, a pixel is cell where 1 - p > `threshold`, and its
-  4-connected thinning (`emseg.metrics.thinned_proposal`, the ISBI evaluation's flooding), so
+  4-connected thinning (`emseg.thinning.thinned_proposal`, the ISBI evaluation's flooding), so
   the label image is exactly what the challenge scores at that threshold.
 - `watershed`: seeds are the cell interiors (4-connected regions where the smoothed probability
   is below `seed_threshold`); they flood the smoothed probability map itself, so a gap in a
@@ -31,8 +31,8 @@ from scipy import ndimage
 from skimage.segmentation import watershed
 
 from emseg.io import atomic_path
-from emseg.metrics import thinned_proposal
 from emseg.segment_settings import SegmentSettings
+from emseg.thinning import thinned_proposal
 
 _FOUR = ndimage.generate_binary_structure(2, 1)
 _P_CLIP = 1e-3  # probabilities are clipped to [_P_CLIP, 1 - _P_CLIP] before taking log-odds
