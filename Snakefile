@@ -28,6 +28,9 @@ localrules:
     download_isbi2012,
     split_slices,
     isbi_submission,
+    mask,
+    mask_ensemble,
+    mask_held_out_ensemble,
 
 
 rule all:

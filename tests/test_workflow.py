@@ -85,6 +85,14 @@ def test_prediction_change_does_not_retrain(finished: Path) -> None:
     assert "train" not in planned and "augment_slice" not in planned
 
 
+def test_a_mask_threshold_predicts_nothing_again(finished: Path) -> None:
+    """predict.threshold only draws the binary masks, from the stored probabilities."""
+    config = write_config(finished, {"predict": {"threshold": 0.7}})
+    planned = jobs_planned(snakemake(finished, "-n", config=config))
+    assert planned.get("mask") == 2  # val and test
+    assert not {"predict", "segment", "score", "train"} & set(planned), planned
+
+
 def test_training_change_retrains_but_keeps_the_cache(finished: Path) -> None:
     config = write_config(finished, {"train": {"lr": 0.01}})
     planned = jobs_planned(snakemake(finished, "-n", config=config))

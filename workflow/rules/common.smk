@@ -173,21 +173,22 @@ def run_seeds(pattern):
 def final_targets():
     targets = all_runs(RUN / "model.pt") + all_runs(RUN / "report.html")
     targets += all_runs(RUN / "metrics" / "summary.json")
-    targets += all_runs(RUN / "predict" / "val_membrane_prob.tif")
-    targets += all_runs(RUN / "predict" / "val_segmentation.tif")
+    for kind in ("membrane_prob", "mask", "segmentation"):
+        targets += all_runs(RUN / "predict" / f"val_{kind}.tif")
+        if has_test_images():
+            targets += all_runs(RUN / "predict" / f"test_{kind}.tif")
     if has_test_images():
-        targets += all_runs(RUN / "predict" / "test_membrane_prob.tif")
-        targets += all_runs(RUN / "predict" / "test_segmentation.tif")
         if SOURCE == "isbi2012":
             targets += all_runs(RUN / "isbi2012_submission.tif")
         if config["cv"]["ensemble"]:
             targets += expand(
                 str(RUNS / "{name}" / "ensemble_test_{kind}.tif"),
                 name=list(SETTINGS),
-                kind=["membrane_prob", "segmentation"],
+                kind=["membrane_prob", "mask", "segmentation"],
             )
     targets += seed_ensembles(SEED_ENSEMBLE / "metrics" / "summary.json")
     targets += seed_ensembles(SEED_ENSEMBLE / "predict" / "val_segmentation.tif")
+    targets += seed_ensembles(SEED_ENSEMBLE / "predict" / "val_mask.tif")
     if len(SETTINGS) * len(FOLDS) * len(SEEDS) > 1:
         targets += [RESULTS / "comparison.csv", RESULTS / "comparison.html"]
     if config.get("export", {}).get("with_default_target"):
@@ -250,6 +251,16 @@ def volume_plan_settings(volume):
     """
     skip = ("threads", "mask", "segment", "segment_halo", "segment_settings", "tiff")
     return {key: value for key, value in VOLUMES[volume].items() if key not in skip}
+
+
+def prediction_settings(name):
+    """A model's predict keys that its probabilities depend on: all but the threshold, which
+    only the binary masks use (another threshold predicts nothing again)."""
+    return {
+        key: value
+        for key, value in SETTINGS[name]["predict"].items()
+        if key != "threshold"
+    }
 
 
 def plan_predict_settings():

@@ -2,7 +2,7 @@
 
 
 rule predict:
-    """Overlap-tile prediction of a stack: membrane probability and a binary mask."""
+    """Overlap-tile prediction of a stack: the membrane probability."""
     input:
         model=RUN / "model.pt",
         images=lambda wildcards: padded(
@@ -10,7 +10,6 @@ rule predict:
         )(wildcards),
     output:
         prob=RUN / "predict" / "{subset}_membrane_prob.tif",
-        mask=RUN / "predict" / "{subset}_mask.tif",
     log:
         LOGS / "predict_{name}_fold{fold}_seed{seed}_{subset}.log",
     benchmark:
@@ -23,12 +22,49 @@ rule predict:
     resources:
         gpu=int(config["predict"]["device"] in ("auto", "cuda")),
     params:
-        predict=lambda wildcards: SETTINGS[wildcards.name]["predict"],
+        predict=lambda wildcards: prediction_settings(wildcards.name),
         slices=lambda wildcards: (
             fold_split(wildcards)["validation"] if wildcards.subset == "val" else None
         ),
     script:
         "../scripts/predict.py"
+
+
+rule mask:
+    """The binary membrane mask of a probability stack, for Fiji: 255 where p >= predict.threshold
+    (made from the stored probability, so another threshold predicts nothing again)."""
+    input:
+        prob=RUN / "predict" / "{subset}_membrane_prob.tif",
+    output:
+        mask=RUN / "predict" / "{subset}_mask.tif",
+    log:
+        LOGS / "mask_{name}_fold{fold}_seed{seed}_{subset}.log",
+    wildcard_constraints:
+        subset="val|test",
+    conda:
+        "../../envs/emseg.yaml"
+    params:
+        threshold=lambda wildcards: SETTINGS[wildcards.name]["predict"]["threshold"],
+    script:
+        "../scripts/mask.py"
+
+
+use rule mask as mask_ensemble with:
+    input:
+        prob=RUNS / "{name}" / "ensemble_test_membrane_prob.tif",
+    output:
+        mask=RUNS / "{name}" / "ensemble_test_mask.tif",
+    log:
+        LOGS / "mask_ensemble_{name}.log",
+
+
+use rule mask as mask_held_out_ensemble with:
+    input:
+        prob=SEED_ENSEMBLE / "predict" / "val_membrane_prob.tif",
+    output:
+        mask=SEED_ENSEMBLE / "predict" / "val_mask.tif",
+    log:
+        LOGS / "mask_ensemble_{name}_fold{fold}.log",
 
 
 rule isbi_submission:
@@ -56,13 +92,10 @@ rule ensemble:
         ),
     output:
         prob=RUNS / "{name}" / "ensemble_test_membrane_prob.tif",
-        mask=RUNS / "{name}" / "ensemble_test_mask.tif",
     log:
         LOGS / "ensemble_{name}.log",
     conda:
         "../../envs/emseg.yaml"
-    params:
-        threshold=config["predict"]["threshold"],
     script:
         "../scripts/ensemble.py"
 
@@ -74,7 +107,6 @@ use rule ensemble as ensemble_held_out with:
         probs=run_seeds(RUN / "predict" / "val_membrane_prob.tif"),
     output:
         prob=SEED_ENSEMBLE / "predict" / "val_membrane_prob.tif",
-        mask=SEED_ENSEMBLE / "predict" / "val_mask.tif",
     log:
         LOGS / "ensemble_{name}_fold{fold}.log",
 

@@ -1,4 +1,4 @@
-"""Rule ensemble: the mean test probability of a model's fold and seed runs, and its mask."""
+"""Rule ensemble: the mean test probability of a model's fold and seed runs."""
 
 from typing import Any
 
@@ -16,7 +16,6 @@ def main(snakemake: Any) -> None:
     mean = (total / len(snakemake.input.probs)).astype(np.float32)
     LOG.info("averaged %d runs", len(snakemake.input.probs))
     write_stack(snakemake.output.prob, mean)
-    write_stack(snakemake.output.mask, (mean >= snakemake.params.threshold).astype(np.uint8) * 255)
 
 
 if "snakemake" in globals():

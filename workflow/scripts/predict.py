@@ -1,4 +1,4 @@
-"""Rule predict: membrane probability (float32) and binary mask stacks for one subset."""
+"""Rule predict: the membrane probability stack (float32) of one subset."""
 
 from pathlib import Path
 from typing import Any
@@ -51,7 +51,6 @@ def main(snakemake: Any) -> None:
         ]
     )
     write_stack(snakemake.output.prob, probs.astype(np.float32))
-    write_stack(snakemake.output.mask, (probs >= float(spec["threshold"])).astype(np.uint8) * 255)
     LOG.info("wrote %s %s", snakemake.output.prob, probs.shape)
 
 
