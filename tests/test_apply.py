@@ -107,6 +107,10 @@ def test_model_files_need_no_data_and_ngff_05_validates(tmp_path: Path) -> None:
     store = tmp_path / "results/apply/vol/vol.ome.zarr"
     assert json.loads((store / "zarr.json").read_text())["attributes"]["ome"]["version"] == "0.5"
     assert type(open_ome_zarr(zarr.open_group(store, mode="r"))).__name__ == "Image"
+    assert type(open_ome_zarr(zarr.open_group(store / "labels", mode="r"))).__name__ == "Labels"
+    for label in ("mask", "cells"):  # the label images the later stages added, NGFF 0.5 too
+        group = zarr.open_group(store / "labels" / label, mode="r")
+        assert type(open_ome_zarr(group)).__name__ == "ImageLabel"
     stored = zarr.open_array(store / "0", mode="r")[:]
     tile = json.loads((tmp_path / "results/apply/vol/plan.json").read_text())["members"][0]
     options = options_in(AUTO, tile_size=tile["tile_size"], batch_size=4)
