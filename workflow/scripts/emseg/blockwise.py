@@ -6,8 +6,8 @@ inside the volume, mirrored only at its true border), predicts each slice of the
 `emseg.tiling.predict_region` (the whole slice's tile grid, so blocks meet without seams),
 averages the models of an ensemble and writes the block's own chunks: the probability and the
 pyramid levels whose chunks lie inside the block (the mask and the cells are later stages, made
-from the stored probability). Reading the next block and writing the
-last one run in background threads while the network computes, so the I/O costs little time.
+from the stored probability). Reading the next block and writing the last one run in background
+threads while the network computes, so the I/O costs little time.
 """
 
 from __future__ import annotations

@@ -19,6 +19,7 @@ import numpy as np
 from emseg.blocks import BlockGrid, job_blocks
 from emseg.omezarr import (
     add_label_image,
+    dequantize,
     open_level,
     set_complete,
     store_layout,
@@ -37,8 +38,7 @@ def membrane_mask(stored: np.ndarray, threshold: float) -> np.ndarray:
 
     At threshold 0.5 this equals thresholding the float probability before it was rounded.
     """
-    prob = stored.astype(np.float32) / np.float32(255) if stored.dtype == np.uint8 else stored
-    return (prob >= np.float32(threshold)).astype(np.uint8)
+    return (dequantize(stored) >= np.float32(threshold)).astype(np.uint8)
 
 
 def mask_blocks(plan: Mapping[str, Any], job: int, threshold: float) -> dict[str, Any]:

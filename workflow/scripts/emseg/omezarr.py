@@ -221,6 +221,13 @@ def quantize(prob: np.ndarray, dtype: str) -> np.ndarray:
     return prob.astype(np.float32)
 
 
+def dequantize(stored: np.ndarray) -> np.ndarray:
+    """Stored probabilities back as float32 in [0, 1] (uint8 steps divided by 255)."""
+    if stored.dtype == np.uint8:
+        return stored.astype(np.float32) / np.float32(255)
+    return np.asarray(stored, dtype=np.float32)
+
+
 def level_tile(chunks: Shape) -> Shape:
     """The target tile `build_level` works in: a few chunks, so memory stays small."""
     factor = max(1, math.ceil(2048 / max(chunks[1], chunks[2])))

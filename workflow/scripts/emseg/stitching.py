@@ -34,6 +34,7 @@ from emseg.blocks import BlockGrid, job_blocks
 from emseg.io import InputError, atomic_path
 from emseg.omezarr import (
     add_label_image,
+    dequantize,
     open_level,
     set_complete,
     store_layout,
@@ -52,7 +53,6 @@ def segment_blocks(
     """Pass 1: segment the job's blocks with a halo; record local ids, counts and borders."""
     prob = open_level(Path(plan["store"]), 0, mode="r")
     grid = BlockGrid(tuple(plan["shape"]), tuple(plan["block"]))
-    scale = 255.0 if plan["output"]["dtype"] == "uint8" else 1.0
     total = 0
     with _npz_writer(out) as record:
         for index in progress(
@@ -61,7 +61,7 @@ def segment_blocks(
             z0, z1, y0, y1, x0, x1 = grid.bounds(index)
             r0, c0 = max(0, y0 - halo), max(0, x0 - halo)
             r1, c1 = min(grid.shape[1], y1 + halo), min(grid.shape[2], x1 + halo)
-            block = np.asarray(prob[z0:z1, r0:r1, c0:c1], dtype=np.float32) / scale
+            block = dequantize(np.asarray(prob[z0:z1, r0:r1, c0:c1]))
             local = _segment_interior(block, settings, (y0 - r0, y1 - r0, x0 - c0, x1 - c0))
             count = int(local.max())
             record(f"{index}_ids", local)
