@@ -37,6 +37,7 @@ from bench.precision_speed import (  # noqa: E402
     VARIANTS,
     _measure_by_precision,
 )
+from bench.predict_scale_quality import predict_at_scale  # noqa: E402
 from bench.torch_em_peer import import_predict_with_halo, run_predict_with_halo  # noqa: E402
 from bench.train_speed import conv_flops  # noqa: E402
 
@@ -211,3 +212,14 @@ def test_halo_is_the_context_emseg_reads_beyond_a_block() -> None:
     # tiles of 512 every 384 px: a block edge at 1024 is straddled by the tile at 768 (or 1152)
     assert _halo(member, (1, 2048, 2048), (1, 1024, 1024)) == 256
     assert _halo(member, (1, 2048, 2048), (1, 2048, 2048)) == 0  # the whole slice: no neighbours
+
+
+def test_predict_at_scale_maps_back_to_the_slice_and_is_the_plain_prediction_at_scale_1() -> None:
+    model = build_model(TINY_SAME).eval()
+    image = np.random.default_rng(3).random((40, 52)).astype(np.float32)
+    options = TileOptions(tile_size=32, batch_size=2)
+    plain = predict_at_scale(model, image, 1.0, options)
+    magnified = predict_at_scale(model, image, 1.5, options)
+    assert magnified.shape == plain.shape == image.shape
+    assert np.all((magnified >= 0) & (magnified <= 1))
+    assert not np.array_equal(magnified, plain)
