@@ -15,6 +15,8 @@ from emseg.blocks import (
     halo_jobs,
     job_blocks,
     job_count,
+    label_job_count,
+    label_job_members,
     level_bounds,
     levels_per_job,
     pyramid_shapes,
@@ -55,6 +57,27 @@ def test_a_large_volume_plans_from_arithmetic() -> None:
     assert grid.bounds(len(grid) - 1) == (63, 64, 14336, 16384, 14336, 16384)
     with pytest.raises(IndexError):
         grid.bounds(len(grid))
+
+
+@settings(max_examples=60, deadline=None)
+@given(jobs=st.integers(1, 3000), per_job=st.integers(1, 200))
+def test_mask_and_relabel_jobs_take_whole_prediction_jobs_of_64_blocks_or_more(
+    jobs: int, per_job: int
+) -> None:
+    parts = [
+        label_job_members(jobs, per_job, part) for part in range(label_job_count(jobs, per_job))
+    ]
+    assert [job for part in parts for job in part] == list(range(jobs))
+    assert all(len(part) * per_job >= 64 for part in parts[:-1])  # the last may hold the rest
+    assert all((len(part) - 1) * per_job < 64 for part in parts)  # and none holds more than needed
+    with pytest.raises(IndexError):
+        label_job_members(jobs, per_job, len(parts))
+
+
+def test_a_large_volume_has_few_mask_jobs() -> None:
+    """64 x 16384^2 in 2048^2 blocks, 8 per prediction job: 512 prediction jobs, 64 mask jobs."""
+    assert label_job_count(512, 8) == 64
+    assert label_job_members(512, 8, 63) == range(504, 512)
 
 
 def test_blocks_must_be_whole_chunks() -> None:

@@ -21,6 +21,7 @@ import zarr
 
 from emseg.apply_finish import finish_volume
 from emseg.apply_plan import fit_volume_normalization, make_plan
+from emseg.blocks import label_job_count
 from emseg.blockwise import run_job
 from emseg.io import InputError
 from emseg.membrane_mask import mask_blocks, membrane_mask, open_mask
@@ -90,8 +91,8 @@ def apply_with_records(
     jobs = [run_job(plan, job, CPU, precision) for job in range(plan["jobs"])]
     if settings["mask"]:
         open_mask(plan)
-        for job in range(plan["jobs"]):
-            mask_blocks(plan, job, predict["threshold"])
+        for label_job in range(label_job_count(plan["jobs"], plan["blocks_per_job"])):
+            mask_blocks(plan, label_job, predict["threshold"])
     finish_volume(plan, jobs, ["mask"] if settings["mask"] else [])
     return plan, store, jobs
 

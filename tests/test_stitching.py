@@ -16,7 +16,14 @@ import zarr
 from scipy import ndimage
 
 from emseg.apply_finish import finish_volume, forget_label_image
-from emseg.blocks import BlockGrid, job_count, levels_per_job, pyramid_shapes
+from emseg.blocks import (
+    BlockGrid,
+    job_count,
+    label_job_count,
+    label_job_members,
+    levels_per_job,
+    pyramid_shapes,
+)
 from emseg.io import InputError
 from emseg.metrics import rand_info_scores
 from emseg.omezarr import create_store, listed_labels, open_level, quantize, store_layout
@@ -36,9 +43,9 @@ def membrane_probability(seed: int = 3) -> np.ndarray:
     return np.clip(prob + noise, 0.0, 1.0)
 
 
-def prepared_store(folder: Path, prob: np.ndarray, dtype: str) -> dict[str, Any]:
+def prepared_store(folder: Path, prob: np.ndarray, dtype: str, side: int = 32) -> dict[str, Any]:
     """A store holding `prob` at level 0, and the plan the block jobs would have worked from."""
-    chunks, block = (1, 16, 16), (1, 32, 32)
+    chunks, block = (1, 16, 16), (1, side, side)
     levels = pyramid_shapes(SHAPE, chunks)
     grid = BlockGrid(SHAPE, block)
     plan = {
@@ -67,17 +74,33 @@ def blockwise_cells(folder: Path, plan: dict[str, Any], settings: SegmentSetting
     for job, record in enumerate(records):
         segment_blocks(plan, settings, 24, job, record)
     stitch(plan, records, folder / "ids.npz")
-    for job, record in enumerate(records):
-        relabel_blocks(plan, folder / "ids.npz", record, job)
+    relabel_all(folder, plan)
     return zarr.open_array(Path(plan["store"]) / "labels/cells/0", mode="r")[:]
 
 
+def relabel_all(folder: Path, plan: dict[str, Any]) -> None:
+    """Every relabel job, each with the records of its segment jobs, as the rule gives them."""
+    for label_job in range(label_job_count(plan["jobs"], plan["blocks_per_job"])):
+        members = label_job_members(plan["jobs"], plan["blocks_per_job"], label_job)
+        records = [folder / f"{job}.npz" for job in members]
+        relabel_blocks(plan, folder / "ids.npz", records, label_job)
+
+
 @pytest.mark.parametrize(
-    ("method", "dtype"), [("threshold", "float32"), ("watershed", "uint8"), ("multicut", "uint8")]
+    ("method", "dtype", "side"),
+    [
+        ("threshold", "float32", 32),
+        ("watershed", "uint8", 32),
+        ("multicut", "uint8", 32),
+        ("watershed", "uint8", 16),  # 112 blocks: 23 segment jobs, 2 relabel jobs
+    ],
 )
-def test_blockwise_cells_equal_whole_slice_cells(tmp_path: Path, method: str, dtype: str) -> None:
+def test_blockwise_cells_equal_whole_slice_cells(
+    tmp_path: Path, method: str, dtype: str, side: int
+) -> None:
     prob = membrane_probability()
-    plan = prepared_store(tmp_path, prob, dtype)
+    plan = prepared_store(tmp_path, prob, dtype, side)
+    assert label_job_count(plan["jobs"], plan["blocks_per_job"]) == (2 if side == 16 else 1)
     settings = SegmentSettings(method=method)
     cells = blockwise_cells(tmp_path, plan, settings)
     stored = zarr.open_array(Path(plan["store"]) / "0", mode="r")[:]
@@ -111,8 +134,7 @@ def test_a_relabel_job_run_again_writes_the_same_cells(tmp_path: Path) -> None:
     """A relabel job killed and rerun (rerun-incomplete) must not relabel ids twice."""
     plan = prepared_store(tmp_path, membrane_probability(), "uint8")
     cells = blockwise_cells(tmp_path, plan, SegmentSettings(method="watershed"))
-    for job in range(plan["jobs"]):
-        relabel_blocks(plan, tmp_path / "ids.npz", tmp_path / f"{job}.npz", job)
+    relabel_all(tmp_path, plan)
     again = zarr.open_array(Path(plan["store"]) / "labels/cells/0", mode="r")[:]
     np.testing.assert_array_equal(again, cells)
 
@@ -140,4 +162,4 @@ def test_a_record_without_cell_ids_is_named(tmp_path: Path) -> None:
         old = {key: record[key] for key in record.files if not key.endswith("_ids")}
     np.savez_compressed(tmp_path / "0.npz", **old)
     with pytest.raises(InputError, match=r"0\.npz: holds no cell ids of block 0 .* delete "):
-        relabel_blocks(plan, tmp_path / "ids.npz", tmp_path / "0.npz", 0)
+        relabel_all(tmp_path, plan)

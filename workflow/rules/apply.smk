@@ -2,8 +2,8 @@
 #   snakemake --cores all apply
 # plan (header only) -> prepare (check, normalisation, empty OME-Zarr) -> blocks (one job per
 # group of blocks: the probability) -> from the stored probability: mask: add_mask -> mask (per
-# job); cells: segment (per job, with a halo) -> stitch (ids over the volume) -> relabel (per
-# job) -> finish (upper pyramid levels, preview) -> optional TIFF
+# 64 blocks or more); cells: segment (per job, with a halo) -> stitch (ids over the volume) ->
+# relabel (per 64 blocks or more) -> finish (upper pyramid levels, preview) -> optional TIFF
 
 
 rule apply:
@@ -70,15 +70,16 @@ rule apply_add_mask:
 
 
 rule apply_mask:
-    """The membrane mask of one group of blocks (p >= predict.threshold) and its pyramid levels."""
+    """The membrane mask (p >= predict.threshold) of the blocks of several prediction jobs, and
+    its pyramid levels inside them."""
     input:
         plan=APPLY / "{volume}" / "plan.json",
-        predicted=APPLY / "{volume}" / "jobs" / "{job}.json",
+        predicted=label_job_inputs("jobs", "json"),
         added=APPLY / "{volume}" / "mask" / "added.json",
     output:
-        done=APPLY / "{volume}" / "mask" / "{job}.json",
+        done=APPLY / "{volume}" / "mask" / "part{part}.json",
     log:
-        LOGS / "apply_mask_{volume}_job{job}.log",
+        LOGS / "apply_mask_{volume}_part{part}.log",
     conda:
         "../../envs/emseg.yaml"
     params:
@@ -123,15 +124,15 @@ rule apply_stitch:
 
 
 rule apply_relabel:
-    """Write one group of blocks of cells with the volume's ids and their pyramid levels."""
+    """Write the cells of several segment jobs' blocks with the volume's ids, and their levels."""
     input:
         plan=APPLY / "{volume}" / "plan.json",
         lut=APPLY / "{volume}" / "cells" / "ids.npz",
-        record=APPLY / "{volume}" / "cells" / "{job}.npz",
+        records=label_job_inputs("cells", "npz"),
     output:
-        done=APPLY / "{volume}" / "cells" / "{job}.json",
+        done=APPLY / "{volume}" / "cells" / "part{part}.json",
     log:
-        LOGS / "apply_relabel_{volume}_job{job}.log",
+        LOGS / "apply_relabel_{volume}_part{part}.log",
     conda:
         "../../envs/emseg.yaml"
     script:

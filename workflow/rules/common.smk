@@ -6,7 +6,7 @@ from snakemake.utils import validate
 sys.path.insert(0, str(Path(workflow.basedir) / "workflow" / "scripts"))
 
 from emseg.apply_settings import apply_volumes, nvidia_gpu_present  # noqa: E402
-from emseg.blocks import BlockGrid, halo_jobs  # noqa: E402
+from emseg.blocks import BlockGrid, halo_jobs, label_job_members  # noqa: E402
 from emseg.errors import ConfigError  # noqa: E402
 from emseg.models.geometry import geometry_for  # noqa: E402
 from emseg.settings import (  # noqa: E402
@@ -63,6 +63,7 @@ wildcard_constraints:
     index=r"\d+",
     margin=r"\d+",
     job=r"\d+",
+    part=r"\d+",
     volume="|".join(VOLUMES) or "(?!)",
 
 
@@ -249,7 +250,15 @@ def volume_plan_settings(volume):
     """What the plan of a volume depends on: not how its jobs run, nor the mask, the cells or the
     TIFF, which are made from the stored probability (changing them predicts nothing again).
     """
-    skip = ("threads", "mask", "segment", "segment_halo", "segment_settings", "tiff")
+    skip = (
+        "threads",
+        "mask",
+        "segment",
+        "segment_halo",
+        "segment_settings",
+        "tiff",
+        "label_jobs",
+    )
     return {key: value for key, value in VOLUMES[volume].items() if key not in skip}
 
 
@@ -292,12 +301,33 @@ def volume_halo_jobs(wildcards):
 
 
 def volume_label_jobs(label):
-    """Every job's record of label image `label` (mask, cells) of a volume, when asked for."""
+    """Every mask or relabel job's record of label image `label` (mask, cells) of a volume, when
+    asked for."""
     switch = {"mask": "mask", "cells": "segment"}[label]
 
     def records(wildcards):
-        asked = VOLUMES[wildcards.volume][switch]
-        return volume_jobs(wildcards, label) if asked else []
+        settings = VOLUMES[wildcards.volume]
+        if not settings[switch]:
+            return []
+        folder = APPLY / wildcards.volume / label
+        return [folder / f"part{part}.json" for part in range(settings["label_jobs"])]
+
+    return records
+
+
+def label_job_inputs(folder, suffix):
+    """The records of the prediction (jobs/) or segment (cells/) jobs whose blocks one mask or
+    relabel job writes: whole jobs, 64 blocks or more (emseg.blocks.label_job_members).
+    """
+
+    def records(wildcards):
+        settings = VOLUMES[wildcards.volume]
+        members = label_job_members(
+            settings["jobs"], int(settings["blocks_per_job"]), int(wildcards.part)
+        )
+        return [
+            APPLY / wildcards.volume / folder / f"{job}.{suffix}" for job in members
+        ]
 
     return records
 

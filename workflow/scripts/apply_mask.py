@@ -1,4 +1,4 @@
-"""Rule apply_mask: one job's blocks of the membrane mask, from the stored probability."""
+"""Rule apply_mask: one mask job's blocks of the membrane mask, from the stored probability."""
 
 from typing import Any
 
@@ -9,8 +9,9 @@ from emseg.runner import run_rule
 
 def main(snakemake: Any) -> None:
     plan = read_json(snakemake.input.plan)
-    job = int(snakemake.wildcards.job)
-    write_json(snakemake.output.done, mask_blocks(plan, job, float(snakemake.params.threshold)))
+    label_job = int(snakemake.wildcards.part)
+    threshold = float(snakemake.params.threshold)
+    write_json(snakemake.output.done, mask_blocks(plan, label_job, threshold))
 
 
 if "snakemake" in globals():

@@ -1,4 +1,4 @@
-"""Rule apply_relabel: write one job's blocks of cells with the volume's ids."""
+"""Rule apply_relabel: write one relabel job's blocks of cells with the volume's ids."""
 
 from pathlib import Path
 from typing import Any
@@ -10,9 +10,12 @@ from emseg.stitching import relabel_blocks
 
 def main(snakemake: Any) -> None:
     plan = read_json(snakemake.input.plan)
-    job = int(snakemake.wildcards.job)
-    record = relabel_blocks(plan, Path(snakemake.input.lut), Path(snakemake.input.record), job)
-    write_json(snakemake.output.done, record)
+    label_job = int(snakemake.wildcards.part)
+    records = [Path(record) for record in snakemake.input.records]
+    write_json(
+        snakemake.output.done,
+        relabel_blocks(plan, Path(snakemake.input.lut), records, label_job),
+    )
 
 
 if "snakemake" in globals():

@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from emseg.blocks import BlockGrid, check_block_shape, job_count
+from emseg.blocks import BlockGrid, check_block_shape, job_count, label_job_count
 from emseg.dataset import MIN_SIDE
 from emseg.errors import ConfigError
 from emseg.io import InputError
@@ -58,6 +58,7 @@ def apply_volumes(
         grid = BlockGrid(tuple(settings["shape"]), tuple(settings["block"]))
         settings["blocks"] = len(grid)
         settings["jobs"] = job_count(len(grid), int(settings["blocks_per_job"]))
+        settings["label_jobs"] = label_job_count(settings["jobs"], int(settings["blocks_per_job"]))
         planned[name] = settings
     return planned
 

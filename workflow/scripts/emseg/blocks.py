@@ -56,6 +56,29 @@ def job_blocks(blocks: int, blocks_per_job: int, job: int) -> range:
     return range(start, min(start + blocks_per_job, blocks))
 
 
+# The mask and relabel steps cost well under a second per block (about 0.07 s for a 2048^2 block's
+# mask), so each of their jobs takes the blocks of several prediction jobs: one per prediction job
+# would fill a cluster's queue with jobs that end before their scheduling does.
+LABEL_JOB_BLOCKS = 64
+
+
+def label_job_size(blocks_per_job: int, least: int = LABEL_JOB_BLOCKS) -> int:
+    """Prediction jobs per mask or relabel job: the fewest whose blocks number at least `least`."""
+    return max(1, math.ceil(least / blocks_per_job))
+
+
+def label_job_count(jobs: int, blocks_per_job: int) -> int:
+    return math.ceil(jobs / label_job_size(blocks_per_job))
+
+
+def label_job_members(jobs: int, blocks_per_job: int, label_job: int) -> range:
+    """The prediction jobs whose blocks mask or relabel job `label_job` writes."""
+    if not 0 <= label_job < label_job_count(jobs, blocks_per_job):
+        raise IndexError(f"label job {label_job} of {label_job_count(jobs, blocks_per_job)}")
+    size = label_job_size(blocks_per_job)
+    return range(label_job * size, min((label_job + 1) * size, jobs))
+
+
 def halo_jobs(grid: BlockGrid, blocks_per_job: int, job: int, halo: int) -> list[int]:
     """The jobs whose blocks a job reads when it grows each of its blocks by `halo` px in y and x.
 

@@ -2,10 +2,11 @@
 
 It is made after the prediction, so asking for it, or for another `predict.threshold`, predicts
 nothing again: `open_mask` (one job per volume) adds the empty `labels/mask` image to the store,
-then `mask_blocks` (one job per group of blocks) writes 1 where the stored p >= the threshold,
-with the label pyramid levels inside its blocks; apply_finish builds the coarser ones and lists
-the mask. A 2048^2 block's mask costs about 0.07 s (reading the uint8 block back included),
-beside about 3 s for its prediction on a 2-core CPU.
+then `mask_blocks` (one job per `LABEL_JOB_BLOCKS` blocks or more, whole prediction jobs) writes
+1 where the stored p >= the threshold, with the label pyramid levels inside its blocks;
+apply_finish builds the coarser ones and lists the mask. A 2048^2 block's mask costs about
+0.07 s (reading the uint8 block back included), beside about 3 s for its prediction on a 2-core
+CPU.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from emseg.blocks import BlockGrid, job_blocks
+from emseg.blocks import BlockGrid, job_blocks, label_job_members
 from emseg.omezarr import (
     add_label_image,
     dequantize,
@@ -41,13 +42,18 @@ def membrane_mask(stored: np.ndarray, threshold: float) -> np.ndarray:
     return (dequantize(stored) >= np.float32(threshold)).astype(np.uint8)
 
 
-def mask_blocks(plan: Mapping[str, Any], job: int, threshold: float) -> dict[str, Any]:
-    """Write the mask of job `job`'s blocks, and its levels inside them, from the probability."""
+def mask_blocks(plan: Mapping[str, Any], label_job: int, threshold: float) -> dict[str, Any]:
+    """Write the mask of the blocks of mask job `label_job`, and its levels inside them."""
     store = Path(plan["store"])
     image = open_level(store, 0, mode="r")
     levels = [open_level(store, level, "mask") for level in range(int(plan["job_levels"]))]
     grid = BlockGrid(tuple(plan["shape"]), tuple(plan["block"]))
-    blocks = job_blocks(len(grid), int(plan["blocks_per_job"]), job)
+    per_job = int(plan["blocks_per_job"])
+    members = label_job_members(int(plan["jobs"]), per_job, label_job)
+    blocks = range(
+        job_blocks(len(grid), per_job, members[0]).start,
+        job_blocks(len(grid), per_job, members[-1]).stop,
+    )
     membrane = 0
     for index in blocks:
         bounds = grid.bounds(index)
@@ -56,7 +62,8 @@ def mask_blocks(plan: Mapping[str, Any], job: int, threshold: float) -> dict[str
         write_label_levels(levels, bounds, mask)
         membrane += int(mask.sum(dtype=np.int64))
     return {
-        "job": job,
+        "label_job": label_job,
+        "jobs": [members.start, members.stop],
         "blocks": [blocks.start, blocks.stop],
         "threshold": threshold,
         "membrane_voxels": membrane,

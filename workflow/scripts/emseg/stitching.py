@@ -11,9 +11,10 @@
    border that are both non-zero belong to one cell. The connected components of these pairs give
    every cell one id, numbered 1..N over the whole volume in the order of the blocks. It then adds
    the empty `labels/cells` image to the store (apply_finish lists it once it is written).
-3. `relabel_blocks` (one job per group of blocks): each block's local ids, read from its record,
-   become the global ones in `labels/cells`, with the label pyramid levels inside the block. The
-   store only ever receives global ids, so a relabel job killed and run again writes the same.
+3. `relabel_blocks` (one job per `LABEL_JOB_BLOCKS` blocks or more, the blocks of whole segment
+   jobs): each block's local ids, read from its record, become the global ones in `labels/cells`,
+   with the label pyramid levels inside the block. The store only ever receives global ids, so a
+   relabel job killed and run again writes the same.
 
 Memory follows the block (and, for the stitch, the number of cells), never the volume.
 """
@@ -30,7 +31,7 @@ import numpy as np
 from scipy import sparse
 from scipy.sparse import csgraph
 
-from emseg.blocks import BlockGrid, job_blocks
+from emseg.blocks import BlockGrid, job_blocks, label_job_members
 from emseg.io import InputError, atomic_path
 from emseg.omezarr import (
     add_label_image,
@@ -181,18 +182,35 @@ def _number_in_order(component: np.ndarray) -> np.ndarray:
 
 
 def relabel_blocks(
-    plan: Mapping[str, Any], lut_file: Path, record_file: Path, job: int
+    plan: Mapping[str, Any], lut_file: Path, record_files: Sequence[Path], label_job: int
 ) -> dict[str, Any]:
-    """Pass 3: the job's block-local ids (from its record) as the volume's, with their levels."""
+    """Pass 3: the block-local ids of relabel job `label_job`'s segment jobs (their records, in
+    job order) as the volume's, with their levels."""
     store = Path(plan["store"])
     with np.load(lut_file) as table:
         lut, offsets = table["lut"], table["offsets"]
     levels = [open_level(store, level, "cells") for level in range(int(plan["job_levels"]))]
     grid = BlockGrid(tuple(plan["shape"]), tuple(plan["block"]))
-    blocks = job_blocks(len(grid), int(plan["blocks_per_job"]), job)
+    per_job = int(plan["blocks_per_job"])
+    members = label_job_members(int(plan["jobs"]), per_job, label_job)
+    if len(record_files) != len(members):
+        raise ValueError(f"relabel job {label_job}: {len(record_files)} records for {members}")
+    for job, record_file in zip(members, record_files, strict=True):
+        _relabel_job(levels, grid, job_blocks(len(grid), per_job, job), record_file, lut, offsets)
+    return {"label_job": label_job, "jobs": [members.start, members.stop]}
+
+
+def _relabel_job(
+    levels: list[Any],
+    grid: BlockGrid,
+    blocks: range,
+    record_file: Path,
+    lut: np.ndarray,
+    offsets: np.ndarray,
+) -> None:
+    """Write one segment job's blocks with the volume's ids."""
     with np.load(record_file) as record:
         for index in blocks:
-            bounds = grid.bounds(index)
             if f"{index}_ids" not in record.files:
                 raise InputError(
                     f"{record_file}: holds no cell ids of block {index} (an older emseg's"
@@ -200,5 +218,4 @@ def relabel_blocks(
                 )
             local = record[f"{index}_ids"].astype(np.int64)
             labels = np.where(local > 0, lut[np.where(local > 0, local + offsets[index], 0)], 0)
-            write_label_levels(levels, bounds, labels.astype(np.uint32))
-    return {"job": job, "blocks": [blocks.start, blocks.stop]}
+            write_label_levels(levels, grid.bounds(index), labels.astype(np.uint32))
