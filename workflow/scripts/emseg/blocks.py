@@ -62,9 +62,9 @@ def job_blocks(blocks: int, blocks_per_job: int, job: int) -> range:
 LABEL_JOB_BLOCKS = 64
 
 
-def label_job_size(blocks_per_job: int, least: int = LABEL_JOB_BLOCKS) -> int:
-    """Prediction jobs per mask or relabel job: the fewest whose blocks number at least `least`."""
-    return max(1, math.ceil(least / blocks_per_job))
+def label_job_size(blocks_per_job: int) -> int:
+    """Prediction jobs per mask or relabel job: the fewest whose blocks reach LABEL_JOB_BLOCKS."""
+    return max(1, math.ceil(LABEL_JOB_BLOCKS / blocks_per_job))
 
 
 def label_job_count(jobs: int, blocks_per_job: int) -> int:
