@@ -356,6 +356,12 @@ def test_export_without_authors_or_license_is_refused(
     assert message in _refused(tmp_path, "export", override={"export": export})
 
 
+def test_non_spdx_license_is_refused_before_any_job(tmp_path: Path) -> None:
+    export = {**METADATA, "license": "Public Domain"}
+    output = _refused(tmp_path, "export", override={"export": export})
+    assert "export.license: 'Public Domain' is not an SPDX license identifier" in output
+
+
 @pytest.mark.parametrize(
     ("metadata", "message"),
     [

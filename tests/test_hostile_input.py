@@ -236,6 +236,7 @@ def test_rgb_and_multichannel_images_are_refused_naming_the_file(tmp_path: Path)
     [
         ((0, 128, 255), r"labels have 3 values \[  0 128 255\], expected two"),
         ((0, 128), r"no pixel has the membrane value 255 \(values: \[  0 128\]\)"),
+        ((255,), r"every pixel has the membrane value 255; labels need cells too"),
     ],
 )
 def test_labels_other_than_the_declared_two_values_are_refused(

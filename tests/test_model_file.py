@@ -34,6 +34,11 @@ def test_wrong_files_are_named(tmp_path: Path) -> None:
     (tmp_path / "text.pt").write_text("not a model")
     with pytest.raises(InputError, match=r"text\.pt: cannot load checkpoint"):
         load_model_file(tmp_path / "text.pt")
+    torch.save({"where": Path("/elsewhere")}, tmp_path / "foreign.pt")  # a pickle emseg never wrote
+    with pytest.raises(InputError, match=r"foreign\.pt: cannot load checkpoint") as refused:
+        load_model_file(tmp_path / "foreign.pt")
+    assert "\n" not in str(refused.value), "torch's multi-line unpickling advice leaked through"
+    assert str(refused.value).endswith("not an emseg model file? give the model.pt of a run")
     save_checkpoint(
         tmp_path / "last.pt", {"model": {}, "model_spec": {}, "step": 3, "optimizer": {}}
     )

@@ -25,12 +25,16 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
         tmp.write_bytes(buffer.getvalue())
 
 
-def load_checkpoint(path: Path) -> dict[str, Any]:
-    """Load a checkpoint saved by `save_checkpoint`; a damaged file raises InputError naming it."""
+def load_checkpoint(path: Path, advice: str = "delete it to start over") -> dict[str, Any]:
+    """Load a checkpoint saved by `save_checkpoint`; a damaged file raises InputError naming it.
+
+    torch's own message runs to several lines of unpickling advice that does not apply to a
+    file emseg never wrote, so only its first line is kept.
+    """
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises several types for truncated or foreign files
+        reason = (str(error).strip().splitlines() or [""])[0]
         raise InputError(
-            f"{path}: cannot load checkpoint ({type(error).__name__}: {error});"
-            " delete it to start over"
+            f"{path}: cannot load checkpoint ({type(error).__name__}: {reason}); {advice}"
         ) from error

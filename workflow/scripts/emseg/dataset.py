@@ -30,6 +30,11 @@ def binarize_labels(labels: np.ndarray, membrane_value: int, source: Path | str)
             f"{source}: no pixel has the membrane value {membrane_value} (values: {values[:8]});"
             " set data.membrane_value"
         )
+    if len(values) < 2:
+        raise InputError(
+            f"{source}: every pixel has the membrane value {membrane_value}; labels need cells too"
+            " (check data.membrane_value and that the file is the label stack)"
+        )
     if len(values) > 2:
         raise InputError(
             f"{source}: labels have {len(values)} values {values[:8]}, expected two"

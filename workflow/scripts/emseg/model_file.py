@@ -82,7 +82,7 @@ def load_model_file(path: str | Path) -> ModelFile:
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: model file does not exist")
-    state = load_checkpoint(path)
+    state = load_checkpoint(path, advice="not an emseg model file? give the model.pt of a run")
     if not isinstance(state, dict) or "model" not in state or "model_spec" not in state:
         raise InputError(f"{path}: not an emseg model file (no weights or architecture in it)")
     if "step" in state and "optimizer" in state:

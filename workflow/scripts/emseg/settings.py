@@ -239,9 +239,30 @@ def check_export(config: Mapping[str, Any], name: str, fold: int, seed: int) -> 
             "export.license: a model package states its license; give an SPDX identifier such "
             "as CC-BY-4.0, MIT or BSD-3-Clause"
         )
+    check_license(str(section["license"]))
     documentation = section.get("documentation") or ""
     if documentation and not Path(documentation).expanduser().is_file():
         raise ConfigError(f"export.documentation: {documentation} does not exist")
+
+
+def check_license(license_id: str) -> None:
+    """Refuse a non-SPDX license before training, not in the export job after it.
+
+    The SPDX list ships with bioimageio.spec, which only the `export` extra installs; without it
+    the export job itself says which extra is missing.
+    """
+    try:
+        from bioimageio.spec.model.v0_5 import LicenseId
+        from pydantic import ValidationError
+    except ImportError:
+        return
+    try:
+        LicenseId(license_id)
+    except ValidationError:
+        raise ConfigError(
+            f"export.license: {license_id!r} is not an SPDX license identifier "
+            "(e.g. CC-BY-4.0, MIT, BSD-3-Clause; see https://spdx.org/licenses)"
+        ) from None
 
 
 def config_hash(*sections: Any) -> str:
