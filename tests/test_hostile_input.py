@@ -72,6 +72,15 @@ def test_more_folds_than_slices_is_refused_before_any_job(tmp_path: Path) -> Non
     assert not (tmp_path / "results").exists()
 
 
+def test_an_empty_label_folder_is_named_not_blamed_on_the_split(tmp_path: Path) -> None:
+    images = _tiff(tmp_path / "images.tif", np.zeros((3, 20, 24), np.uint8))
+    (tmp_path / "labels").mkdir()
+    config = _files_config(tmp_path, images, tmp_path / "labels")
+    output = _failure(snakemake(tmp_path, "-n", config=config))
+    assert "data.train_labels: " in output and "labels: folder holds no .png/.tif/.tiff" in output
+    assert "split.val_count" not in output and "cv.folds" not in output
+
+
 @pytest.mark.parametrize(
     ("override", "needles"),
     [

@@ -288,6 +288,41 @@ def test_slices_of_different_sizes_are_refused(tmp_path: Path) -> None:
     assert_refused(tmp_path, "differ in size")
 
 
+@pytest.mark.parametrize("odd", [(20, 30), (12, 24)])
+def test_a_page_of_another_size_is_refused_not_dropped(tmp_path: Path, odd: tuple) -> None:
+    """tifffile splits such a file into runs of equal pages; every slice after page 2 was lost."""
+    from emseg.volume import open_volume
+
+    path = tmp_path / "mixed.tif"
+    with tifffile.TiffWriter(path) as writer:
+        for shape in [(20, 24), (20, 24), odd, (20, 24)]:
+            writer.write(np.zeros(shape, np.uint8))
+    message = f"{path}: page 2 is {odd[0]} x {odd[1]} px uint8, page 0 is 20 x 24 px uint8"
+    for read in (read_stack, count_slices, open_volume):
+        with pytest.raises(InputError, match=message):
+            read(path)
+
+
+def test_a_thumbnail_page_is_not_a_slice(tmp_path: Path) -> None:
+    stack = ramp_stack(3, np.uint8, np.random.default_rng(3))
+    path = tmp_path / "thumb.tif"
+    with tifffile.TiffWriter(path) as writer:
+        for plane in stack:
+            writer.write(plane)
+        writer.write(np.zeros((5, 6), np.uint8), subfiletype=1)  # reduced-resolution preview
+    np.testing.assert_array_equal(read_stack(path), stack)
+    assert count_slices(path) == 3
+
+
+def test_empty_folders_and_other_formats_are_named_when_counting(tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(InputError, match=r"empty: folder holds no \.png/\.tif/\.tiff slices"):
+        count_slices(tmp_path / "empty")
+    (tmp_path / "labels.h5").write_bytes(b"\x89HDF\r\n\x1a\n")
+    with pytest.raises(InputError, match=r"labels\.h5: a stack is a TIFF, a PNG or a folder"):
+        count_slices(tmp_path / "labels.h5")
+
+
 def test_slices_of_different_bit_depth_are_refused(tmp_path: Path) -> None:
     Image.fromarray(np.zeros(SHAPE, np.uint8)).save(tmp_path / "0.png")
     Image.fromarray(np.full(SHAPE, 300, np.uint16)).save(tmp_path / "1.png")

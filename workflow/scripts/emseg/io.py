@@ -189,8 +189,15 @@ def count_slices(path: str | os.PathLike[str]) -> int:
     """How many slices `read_stack(path)` returns, read from names and TIFF headers only."""
     path = Path(path)
     if path.is_dir():
-        return len(slice_files(path))
-    if path.suffix.lower() not in (".tif", ".tiff"):
+        if not (files := slice_files(path)):
+            raise InputError(f"{path}: folder holds no .png/.tif/.tiff slices")
+        return len(files)
+    if path.suffix.lower() not in SLICE_SUFFIXES:
+        raise InputError(
+            f"{path}: a stack is a TIFF, a PNG or a folder of them, not a {path.suffix or 'plain'}"
+            " file (HDF5 and zarr volumes are read by apply, not for training)"
+        )
+    if path.suffix.lower() == ".png":
         return 1
     try:
         with refuse_damage(path), tifffile.TiffFile(path) as tif:
@@ -245,11 +252,30 @@ def stack_series(path: Path, tif: tifffile.TiffFile) -> list[tifffile.TiffPageSe
     first = tif.series[0]
     if "C" in first.axes or "S" in first.axes:
         raise InputError(f"{path}: multi-channel TIFF (axes {first.axes}); give one channel")
-    if len(first.shape) == 2 and all(
-        s.shape == first.shape and s.dtype == first.dtype for s in tif.series
-    ):
-        return list(tif.series)
+    if len(first.shape) == 2:
+        return _equal_pages(path, first, tif.series)
     return [first]
+
+
+def _equal_pages(
+    path: Path, first: tifffile.TiffPageSeries, series: list[tifffile.TiffPageSeries]
+) -> list[tifffile.TiffPageSeries]:
+    """The full-resolution pages of a page-per-slice file, refusing one that differs.
+
+    tifffile splits such a file into a series per run of equal pages; keeping only the first run
+    would silently drop every slice after an odd one. Reduced-resolution pages (thumbnails) are
+    flagged as such and skipped.
+    """
+    full = [one for one in series if not one.keyframe.subfiletype & 1]
+    for one in full:
+        if one.shape != first.shape or one.dtype != first.dtype:
+            page = one.pages[0].index
+            raise InputError(
+                f"{path}: page {page} is {' x '.join(map(str, one.shape))} px {one.dtype}, page 0"
+                f" is {' x '.join(map(str, first.shape))} px {first.dtype}; all slices of a"
+                " stack need one size and pixel type"
+            )
+    return full
 
 
 def _check_complete(path: Path, tif: tifffile.TiffFile) -> None:
