@@ -43,9 +43,11 @@ def config(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
     return copy.deepcopy(DEFAULT)
 
 
-def files_config(config: dict[str, Any], folder: Path, slices: int = 6) -> dict[str, Any]:
-    """Point `config` at a small stack of user files in `folder`."""
-    stack = np.zeros((slices, 8, 8), np.uint8)
+def files_config(
+    config: dict[str, Any], folder: Path, slices: int = 6, side: int = 256
+) -> dict[str, Any]:
+    """Point `config` at a stack of user files in `folder`, as large as the default tile."""
+    stack = np.zeros((slices, side, side), np.uint8)
     for name in ("images", "labels"):
         write_stack(folder / f"{name}.tif", stack)
     config["data"].update(
@@ -86,6 +88,15 @@ def test_files_source_passes_with_existing_files(config: dict[str, Any], tmp_pat
     files_config(config, tmp_path)
     check_config(config)
     assert validation_slices(config) == [4, 5]
+
+
+def test_slices_smaller_than_the_training_tile_are_refused_before_any_job(
+    config: dict[str, Any], tmp_path: Path
+) -> None:
+    files_config(config, tmp_path, side=200)
+    raises_for(config, "train.tile_size: tiles of 256 px predict 256 px, more than the 200 x 200")
+    config["train"]["tile_size"] = 192
+    check_config(config)
 
 
 @pytest.mark.parametrize("key", ["train_images", "train_labels"])

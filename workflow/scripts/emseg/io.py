@@ -211,6 +211,25 @@ def count_slices(path: str | os.PathLike[str]) -> int:
     return series[0].shape[0] if len(series[0].shape) == 3 else 1
 
 
+def slice_size(path: str | os.PathLike[str]) -> tuple[int, int]:
+    """Height and width of a stack's slices, from the header of its (first) file."""
+    path = Path(path)
+    if path.is_dir():
+        count_slices(path)  # names an empty folder
+        path = slice_files(path)[0]
+    try:
+        if path.suffix.lower() == ".png":
+            with Image.open(path) as image:
+                return image.height, image.width
+        with refuse_damage(path), tifffile.TiffFile(path) as tif:
+            height, width = stack_series(path, tif)[0].shape[-2:]
+            return int(height), int(width)
+    except InputError:
+        raise
+    except Exception as error:  # tifffile and Pillow raise many types for damaged files
+        raise InputError(f"{path}: cannot read image ({type(error).__name__}: {error})") from error
+
+
 def read_image(path: Path, allow_stack: bool = False) -> np.ndarray:
     try:
         if path.suffix.lower() in (".tif", ".tiff"):

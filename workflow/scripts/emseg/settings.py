@@ -19,7 +19,7 @@ import jsonschema
 import yaml
 
 from emseg.errors import ConfigError
-from emseg.io import InputError, count_slices
+from emseg.io import InputError, count_slices, slice_size
 from emseg.models.geometry import geometry_for, parse_spec
 from emseg.segment_settings import SegmentSettings
 
@@ -53,6 +53,8 @@ def check_config(config: Mapping[str, Any]) -> None:
         except ValueError as error:
             raise ConfigError(f"{where}{error}") from None
         _check_tile(f"{where}train.tile_size", settings["train"]["tile_size"], settings["model"])
+        if data["source"] == "files":
+            _check_tile_fits(f"{where}train.tile_size", settings, Path(data["train_labels"]))
         _check_tile(
             f"{where}predict.tile_size", settings["predict"]["tile_size"], settings["model"]
         )
@@ -297,6 +299,21 @@ def _count_slices(path: Path) -> int:
         return count_slices(path.expanduser())
     except InputError as error:
         raise ConfigError(f"data.train_labels: {error}") from error
+
+
+def _check_tile_fits(key: str, settings: Mapping[str, Any], labels: Path) -> None:
+    """Refuse before any job a training tile whose output is larger than the user's slices."""
+    try:
+        height, width = slice_size(labels.expanduser())
+    except InputError as error:
+        raise ConfigError(f"data.train_labels: {error}") from error
+    tile = int(settings["train"]["tile_size"])
+    out = geometry_for(settings["model"]).output_size(tile)
+    if out > min(height, width):
+        raise ConfigError(
+            f"{key}: tiles of {tile} px predict {out} px, more than the {height} x {width} px"
+            f" slices of data.train_labels ({labels}); use a smaller tile"
+        )
 
 
 def _check_tile(key: str, size: int, model: Mapping[str, Any]) -> None:
