@@ -257,6 +257,16 @@ def test_labels_other_than_the_declared_two_values_are_refused(
         _import(tmp_path, images, _tiff(tmp_path / "my labels.tif", labels))
 
 
+def test_a_test_stack_of_another_pixel_type_is_refused(tmp_path: Path) -> None:
+    """Its gray values would be scaled by the training stack's fit, silently wrong."""
+    images = _tiff(tmp_path / "images.tif", np.zeros((3, 20, 24), np.uint16))
+    labels = _tiff(tmp_path / "labels.tif", _labels(3, 20, 24))
+    test = _tiff(tmp_path / "test.tif", np.zeros((2, 20, 24), np.uint8))
+    with pytest.raises(InputError, match=r"test\.tif: pixel type uint8, the training images"):
+        _import(tmp_path, images, labels, test)
+    assert not list((tmp_path / "data").glob("*"))
+
+
 def test_image_and_label_stacks_with_different_slice_counts_are_refused(tmp_path: Path) -> None:
     images = _tiff(tmp_path / "five.tif", np.zeros((5, 20, 24), np.uint8))
     labels = _tiff(tmp_path / "four.tif", _labels(4, 20, 24))

@@ -72,9 +72,15 @@ def import_user_stacks(
     labels = binarize_labels(
         read_stack(inputs["train_labels"]), membrane_value, inputs["train_labels"]
     )
-    test = None
+    test = None  # a float stack of either kind may share the other's units; 8 vs 16 bit cannot
     if inputs.get("test_images"):
         test = check_raw(read_stack(inputs["test_images"]), inputs["test_images"])
+        if test.dtype != images.dtype and {test.dtype.kind, images.dtype.kind} <= set("ui"):
+            raise InputError(
+                f"{inputs['test_images']}: pixel type {test.dtype}, the training images"
+                f" ({inputs['train_images']}) are {images.dtype}; the gray-value scaling is fitted"
+                " on the training images, so give data.test_images their pixel type"
+            )
     write_canonical(
         outputs,
         train_images=images,
