@@ -114,7 +114,12 @@ def test_voxel_sizes_come_from_the_file(tmp_path: Path) -> None:
     assert volume.voxel_size == (40.0, 4.0, 4.0) and volume.unit == "nanometer"
 
 
-def test_an_ome_zarr_image_is_read_from_its_first_level(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "leading",
+    [{"name": "c", "type": "channel"}, {"name": "t", "type": "time", "unit": "second"}],
+)
+def test_an_ome_zarr_image_is_read_from_its_first_level(tmp_path: Path, leading: dict) -> None:
+    """A time axis's own unit must not hide the spatial one."""
     stack = _stack(np.uint16)
     group = zarr.open_group(tmp_path / "image.ome.zarr", mode="w", zarr_format=2)
     group.create_array("0", shape=(1, *stack.shape), dtype=stack.dtype, chunks=(1, 1, 16, 16))[
@@ -124,7 +129,7 @@ def test_an_ome_zarr_image_is_read_from_its_first_level(tmp_path: Path) -> None:
         {
             "version": "0.4",
             "axes": [
-                {"name": "c", "type": "channel"},
+                leading,
                 *({"name": n, "type": "space", "unit": "nanometer"} for n in "zyx"),
             ],
             "datasets": [

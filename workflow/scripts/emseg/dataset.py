@@ -72,9 +72,10 @@ def import_user_stacks(
     labels = binarize_labels(
         read_stack(inputs["train_labels"]), membrane_value, inputs["train_labels"]
     )
-    test = None  # a float stack of either kind may share the other's units; 8 vs 16 bit cannot
+    test = None
     if inputs.get("test_images"):
         test = check_raw(read_stack(inputs["test_images"]), inputs["test_images"])
+        # a float stack may share the other's units; an 8-bit one beside 16-bit ones cannot
         if test.dtype != images.dtype and {test.dtype.kind, images.dtype.kind} <= set("ui"):
             raise InputError(
                 f"{inputs['test_images']}: pixel type {test.dtype}, the training images"

@@ -284,7 +284,9 @@ def _ome_voxel_size(
     if not scales:
         return None, None
     scale = [float(scales[0][a]) for a in spatial]
-    units = {axis.get("unit") for axis in image.get("axes", []) if isinstance(axis, dict)}
+    described = image.get("axes", [])
+    described = [described[a] for a in spatial if a < len(described)]  # not time's unit
+    units = {axis.get("unit") for axis in described if isinstance(axis, dict)}
     units.discard(None)
     unit = UNITS.get(str(units.pop()).lower()) if len(units) == 1 else None
     return tuple(([1.0] * 3 + scale)[-3:]), unit  # type: ignore[return-value]
