@@ -235,6 +235,11 @@ def test_outputs_asked_for_later_predict_nothing_again(tmp_path: Path) -> None:
     assert 0 < mask.mean() < 0.3
     assert predicted == {path: path.stat().st_mtime_ns for path in predicted}  # never rewritten
 
+    (out / "vol.ome.zarr").rename(tmp_path / "moved.ome.zarr")  # the records outlive the store
+    lost = snakemake(tmp_path, "apply", "-n", config=tmp_path / "test_config.yaml")  # the last
+    message = "results/apply/vol/vol.ome.zarr: missing, though results/apply/vol/plan.json"
+    assert lost.returncode != 0 and message in failure(lost), failure(lost)[-3000:]
+
 
 def _rgb(folder: Path) -> str:
     tifffile.imwrite(folder / "rgb.tif", np.zeros((40, 40, 3), np.uint8))

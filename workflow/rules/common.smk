@@ -232,6 +232,8 @@ def applied_volumes(wildcards):
             "apply: no volumes to segment; name them under apply.volumes in your config"
             " (README: Segment your own volumes)"
         )
+    for name in VOLUMES:
+        check_store_kept(name)
     targets = [APPLY / name / f"{name}.json" for name in VOLUMES]
     targets += [
         APPLY / name / f"{name}_membrane_prob.tif"
@@ -239,6 +241,17 @@ def applied_volumes(wildcards):
         if settings["tiff"]
     ]
     return targets
+
+
+def check_store_kept(volume):
+    """Stop when a volume's OME-Zarr was deleted or moved after its jobs finished: their records
+    would otherwise tell Snakemake there is nothing to do, and a later mask or cells job fails."""
+    plan, store = APPLY / volume / "plan.json", volume_store(volume)
+    if plan.exists() and not store.exists():
+        raise WorkflowError(
+            f"{store}: missing, though {plan} records it as made (deleted or moved?);"
+            f" delete {APPLY / volume} to apply the volume anew"
+        )
 
 
 def volume_store(volume):
