@@ -245,7 +245,8 @@ def applied_volumes(wildcards):
 
 def check_store_kept(volume):
     """Stop when a volume's OME-Zarr was deleted or moved after its jobs finished: their records
-    would otherwise tell Snakemake there is nothing to do, and a later mask or cells job fails."""
+    would otherwise tell Snakemake there is nothing to do, and a later mask or cells job fails.
+    """
     plan, store = APPLY / volume / "plan.json", volume_store(volume)
     if plan.exists() and not store.exists():
         raise WorkflowError(
