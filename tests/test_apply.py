@@ -91,8 +91,8 @@ def test_a_trained_run_segments_a_tiff_volume_into_an_ome_zarr(tmp_path: Path) -
 def test_model_files_need_no_data_and_ngff_05_validates(tmp_path: Path) -> None:
     model = write_model(tmp_path / "model.pt", "valid")
     stack = write_zarr(tmp_path / "volume.zarr", random_stack((2, 50, 70)))
-    volumes = {"vol": {"input": str(tmp_path / "volume.zarr"), "ngff": "0.5"}}
-    config = apply_config(tmp_path, volumes, model=str(model), voxel_size=[50, 4, 4])
+    volumes = {"vol": {"input": str(tmp_path / "volume.zarr"), "ngff": "0.5", "tiff": True}}
+    config = apply_config(tmp_path, volumes, model=str(model), voxel_size=[50, 4, 4], unit="nm")
     config.write_text(config.read_text().replace("source: synthetic", "source: isbi2012"))
     planned = jobs_planned(snakemake(tmp_path, "apply", "-n", config=config))
     assert set(planned) == {"apply", "apply_prepare", "apply_blocks", "apply_finish"} | {
@@ -101,6 +101,7 @@ def test_model_files_need_no_data_and_ngff_05_validates(tmp_path: Path) -> None:
         "apply_segment",
         "apply_stitch",
         "apply_relabel",
+        "apply_tiff",
     }
     result = snakemake(tmp_path, "apply", config=config)
     assert result.returncode == 0, failure(result)[-3000:]
@@ -111,6 +112,10 @@ def test_model_files_need_no_data_and_ngff_05_validates(tmp_path: Path) -> None:
     for label in ("mask", "cells"):  # the label images the later stages added, NGFF 0.5 too
         group = zarr.open_group(store / "labels" / label, mode="r")
         assert type(open_ome_zarr(group)).__name__ == "ImageLabel"
+    axes = json.loads((store / "zarr.json").read_text())["attributes"]["ome"]["multiscales"][0]
+    assert [axis["unit"] for axis in axes["axes"]] == ["nanometer"] * 3  # the config's nm
+    with tifffile.TiffFile(tmp_path / "results/apply/vol/vol_membrane_prob.tif") as tif:
+        assert tif.imagej_metadata["unit"] == "nm" and tif.imagej_metadata["spacing"] == 50
     stored = zarr.open_array(store / "0", mode="r")[:]
     tile = json.loads((tmp_path / "results/apply/vol/plan.json").read_text())["members"][0]
     options = options_in(AUTO, tile_size=tile["tile_size"], batch_size=4)

@@ -292,3 +292,18 @@ def test_a_store_that_holds_another_volume_is_refused(tmp_path: Path) -> None:
     foreign.mkdir()
     with pytest.raises(InputError, match=r"foreign\.zarr: already holds a different volume"):
         make_plan("test", settings_for(tmp_path / "a.zarr", [model]), PREDICT, foreign)
+
+
+def test_a_model_scaling_that_misses_the_volume_is_refused(tmp_path: Path) -> None:
+    """A 16-bit volume with a model of 8-bit slices (20-230 -> 0-1) would predict a flat map."""
+    model = write_model(tmp_path / "model.pt", "same")
+    stack = random_stack((3, 60, 60)).astype(np.uint16) * 200 + 1000
+    write_zarr(tmp_path / "volume.zarr", stack)
+    settings = settings_for(tmp_path / "volume.zarr", [model])
+    message = r"apply\.volumes\.test\.normalization: model\.pt scales gray values 20-230 to 0-1"
+    with pytest.raises(InputError, match=message) as refused:
+        make_plan("test", settings, PREDICT, tmp_path / "out.ome.zarr")
+    assert "uint16" in str(refused.value) and "set normalization: fit" in str(refused.value)
+    assert not (tmp_path / "out.ome.zarr").exists()
+    fitted = settings | {"normalization": "fit"}
+    assert make_plan("test", fitted, PREDICT, tmp_path / "out.ome.zarr")["members"]

@@ -6,6 +6,7 @@ import functools
 import http.server
 import json
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -80,6 +81,22 @@ def test_files_source_from_png_folders_with_a_test_stack(tmp_path: Path) -> None
     assert result.returncode == 0, result.stderr[-3000:]
     test = tifffile.imread(tmp_path / "results/preprocessed/padded0/test_images.tif")
     assert test.shape == (4, 33, 35)
+    targets = ("results/preprocessed/padded0/test_images.tif", PADDED)
+    assert not jobs_planned(snakemake(tmp_path, "-n", *targets, config=config))
+
+    # one slice edited in place: the folder's own time stamp stays, the slice's does not
+    time.sleep(1.1)  # past the file system's time-stamp resolution
+    Image.fromarray(255 - images[2]).save(folders["img"] / "2.png")
+    planned = jobs_planned(snakemake(tmp_path, "-n", *targets, config=config))
+    assert planned.get("import_files") == 1 and planned.get("normalize") == 1, planned
+    # one slice added to the test folder
+    Image.fromarray(images[0]).save(folders["tst"] / "slice4.png")
+    result = snakemake(tmp_path, *targets, config=config)
+    assert result.returncode == 0, result.stderr[-3000:]
+    test = tifffile.imread(tmp_path / "results/preprocessed/padded0/test_images.tif")
+    assert test.shape == (5, 33, 35)
+    edited = tifffile.imread(tmp_path / "results/data/train_images.tif")[2]
+    np.testing.assert_array_equal(edited, 255 - images[2])
 
 
 def test_valid_unet_pads_by_its_margin(tmp_path: Path) -> None:
@@ -104,14 +121,16 @@ def test_valid_unet_pads_by_its_margin(tmp_path: Path) -> None:
 @needs_isbi
 def test_isbi_source_from_a_local_mirror(tmp_path: Path) -> None:
     config = write_config(tmp_path, {"data": {"source": "isbi2012"}, "split": {"val_count": 5}})
-    result = snakemake(tmp_path, PADDED, config=config, env={"EMSEG_ISBI_MIRROR": str(ISBI)})
+    test = "results/preprocessed/test_images.tif"
+    env = {"EMSEG_ISBI_MIRROR": str(ISBI)}
+    result = snakemake(tmp_path, PADDED, test, config=config, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     labels = tifffile.imread(tmp_path / "results/data/train_labels.tif")
     assert labels.shape == (30, 512, 512)
     assert labels.mean() == pytest.approx(1_727_250 / (30 * 512 * 512))  # the README's statistics
     padded = read_stack(tmp_path / PADDED)
     assert padded.shape == (30, 512, 512)
-    assert (tmp_path / "results/preprocessed/test_images.tif").exists()
+    assert read_stack(tmp_path / test).shape == (30, 512, 512)
 
 
 @pytest.fixture
@@ -215,3 +234,35 @@ def test_bad_config_stops_before_any_job(tmp_path: Path, override: dict, key: st
     output = _fails_naming(tmp_path, config, key)
     assert "rule " not in output.split("Error")[0] or "localrule" not in output
     assert not (tmp_path / "results").exists()
+
+
+def test_another_test_stack_retrains_nothing(tmp_path: Path) -> None:
+    """Only the test stack's own stages rerun: import, scaling, prediction and what follows."""
+    images, labels = _user_stacks(tmp_path / "my data", height=72, width=72, slices=5)
+    tests = {}
+    for seed in (5, 6):
+        stack = synthetic_stack(2, 72, 72, seed=seed, cell_size=14.0)[0].astype(np.uint16) * 200
+        tests[seed] = tmp_path / f"test{seed}.tif"
+        tifffile.imwrite(tests[seed], stack, photometric="minisblack")
+    config = _files_config(tmp_path, images, labels, test_images=str(tests[5]))
+    result = snakemake(tmp_path, config=config)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    elsewhere = {"base_url": "http://127.0.0.1:9/", "mirror": str(tmp_path)}
+    config = _files_config(tmp_path, images, labels, test_images=str(tests[5]), **elsewhere)
+    planned = jobs_planned(snakemake(tmp_path, "-n", config=config))
+    assert set(planned) <= {"report", "all"}, planned  # the report shows the config
+    config = _files_config(tmp_path, images, labels, test_images=str(tests[6]), **elsewhere)
+    planned = jobs_planned(snakemake(tmp_path, "-n", config=config))
+    assert planned.get("import_test_files") == 1 and planned.get("normalize_test") == 1
+    assert planned.get("predict") == 1  # the test slices; the held-out ones are kept
+    assert not {"import_files", "normalize", "augment_slice", "train", "score"} & set(planned)
+    result = snakemake(tmp_path, config=config)
+    assert result.returncode == 0, result.stderr[-3000:]
+    scaled = read_stack(tmp_path / "results/preprocessed/test_images.tif")
+    norm = json.loads((tmp_path / "results/preprocessed/normalization.json").read_text())
+    np.testing.assert_allclose(
+        scaled,
+        (tifffile.imread(tests[6]) - norm["low"]) / (norm["high"] - norm["low"]),
+        rtol=1e-5,
+    )

@@ -17,8 +17,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
+from PIL import Image
 
-from emseg.dataset import MIN_SIDE, import_user_stacks
+from emseg.dataset import MIN_SIDE, import_user_stacks, import_user_test_stack
 from emseg.io import InputError, read_stack
 from emseg.metrics import isbi_scores, rand_info_scores
 from emseg.models import build_model
@@ -175,10 +176,10 @@ def _import(folder: Path, images: Path, labels: Path, test: Path | None = None) 
     outputs = {key: folder / "data" / f"{key}.tif" for key in ("train_images", "train_labels")}
     outputs["record"] = folder / "data" / "dataset.json"
     inputs = {"train_images": str(images), "train_labels": str(labels)}
+    import_user_stacks(outputs, inputs, membrane_value=255)
     if test is not None:
         outputs["test_images"] = folder / "data" / "test_images.tif"
-        inputs["test_images"] = str(test)
-    import_user_stacks(outputs, inputs, membrane_value=255)
+        import_user_test_stack(outputs["test_images"], str(test), outputs["train_images"])
     return outputs
 
 
@@ -264,7 +265,7 @@ def test_a_test_stack_of_another_pixel_type_is_refused(tmp_path: Path) -> None:
     test = _tiff(tmp_path / "test.tif", np.zeros((2, 20, 24), np.uint8))
     with pytest.raises(InputError, match=r"test\.tif: pixel type uint8, the training images"):
         _import(tmp_path, images, labels, test)
-    assert not list((tmp_path / "data").glob("*"))
+    assert not (tmp_path / "data" / "test_images.tif").exists()
 
 
 def test_image_and_label_stacks_with_different_slice_counts_are_refused(tmp_path: Path) -> None:
@@ -275,6 +276,53 @@ def test_image_and_label_stacks_with_different_slice_counts_are_refused(tmp_path
     assert str(error.value).startswith(f"{images} and {labels}: image stack (5, 20, 24)")
     assert "label stack (4, 20, 24) differ" in str(error.value)
     assert not list((tmp_path / "data").glob("*"))
+
+
+# --- label conventions ---------------------------------------------------------------------------
+
+
+def _canonical(folder: Path, images: Path, labels: Path, membrane_value: int) -> np.ndarray:
+    """Import with `membrane_value`; return the canonical labels (1 = membrane)."""
+    outputs = {key: folder / "data" / f"{key}.tif" for key in ("train_images", "train_labels")}
+    outputs["record"] = folder / "data" / "dataset.json"
+    inputs = {"train_images": str(images), "train_labels": str(labels)}
+    import_user_stacks(outputs, inputs, membrane_value=membrane_value)
+    return tifffile.imread(outputs["train_labels"])
+
+
+@pytest.mark.parametrize("membrane_value", [0, 1])
+def test_palette_png_labels_import_as_their_indices(
+    tmp_path: Path, emseg_log: pytest.LogCaptureFixture, membrane_value: int
+) -> None:
+    """Read as luminance, indices 0 (dark red) and 1 (white) were 38 and 255: no label value."""
+    membrane = _labels(3, 20, 24) == 255
+    indices = np.where(membrane, membrane_value, 1 - membrane_value).astype(np.uint8)
+    (tmp_path / "labels").mkdir()
+    for index, plane in enumerate(indices):
+        image = Image.frombytes("P", (24, 20), plane.tobytes())
+        image.putpalette([128, 0, 0, 255, 255, 255])
+        image.save(tmp_path / "labels" / f"{index}.png")
+    images = _tiff(tmp_path / "images.tif", np.zeros((3, 20, 24), np.uint8))
+    labels = _canonical(tmp_path, images, tmp_path / "labels", membrane_value)
+    np.testing.assert_array_equal(labels, membrane)
+    assert "inverted" not in emseg_log.text  # membrane is the minority here
+
+
+def test_membrane_covering_most_pixels_warns_of_inverted_labels(
+    tmp_path: Path, emseg_log: pytest.LogCaptureFixture
+) -> None:
+    """ISBI's convention read the other way round: membrane 0 would cover 78 % of the pixels."""
+    pattern = np.array([0] * 78 + [255] * 22, np.uint8)
+    given = np.resize(pattern, 2 * 20 * 25).reshape(2, 20, 25)
+    images = _tiff(tmp_path / "images.tif", np.zeros((2, 20, 25), np.uint8))
+    labels = _canonical(tmp_path, images, _tiff(tmp_path / "my labels.tif", given), 0)
+    np.testing.assert_array_equal(labels, given == 0)  # warned, not refused
+    warnings = [r.getMessage() for r in emseg_log.records if r.levelname == "WARNING"]
+    assert warnings == [
+        f"{tmp_path / 'my labels.tif'}: membrane covers 78 % of the labelled pixels with"
+        " data.membrane_value: 0; are the labels inverted? set data.membrane_value to the cell"
+        " value (255)"
+    ]
 
 
 # --- properties ---------------------------------------------------------------------------------

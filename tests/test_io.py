@@ -6,9 +6,11 @@ import hashlib
 import json
 import os
 import stat
+import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 
+import imagecodecs
 import numpy as np
 import pytest
 import tifffile
@@ -21,6 +23,7 @@ from emseg.io import (
     read_json,
     read_stack,
     sha256_file,
+    slice_size,
     write_json,
     write_stack,
 )
@@ -213,6 +216,105 @@ def test_16bit_png_is_accepted(tmp_path: Path) -> None:
     np.testing.assert_array_equal(back[0].astype(np.int64), image)
 
 
+# --- compressed TIFFs (what Fiji, QuPath and microscopes write) ---------------------------------
+
+# LZW and zstd need imagecodecs (tifffile has no codec of its own); deflate is zlib under two tags
+COMPRESSIONS = [
+    "lzw",
+    "zlib",
+    "deflate",
+    pytest.param(
+        "zstd",
+        marks=pytest.mark.skipif(not imagecodecs.ZSTD.available, reason="no zstd in imagecodecs"),
+    ),
+]
+
+
+def write_compressed(path: Path, stack: np.ndarray, compression: str, layout: str) -> Path:
+    """`stack` as one compressed multi-page TIFF, one written page by page, or a slice folder."""
+    gray = {"photometric": "minisblack", "compression": compression}
+    if layout == "stack":
+        tifffile.imwrite(path, stack, rowsperstrip=3, **gray)  # several strips per page
+    elif layout == "pages":
+        with tifffile.TiffWriter(path) as writer:
+            for plane in stack:
+                writer.write(plane, **gray)
+    else:
+        path.mkdir()
+        for index, plane in enumerate(stack):
+            tifffile.imwrite(path / f"{index}.tif", plane, **gray)
+    return path
+
+
+def test_imagecodecs_is_a_dependency() -> None:
+    """Here it may come with an extra (bioimageio.core); a plain install must bring it too."""
+    pyproject = Path(__file__).parents[1] / "pyproject.toml"
+    dependencies = tomllib.loads(pyproject.read_text())["project"]["dependencies"]
+    assert any(d.startswith("imagecodecs") for d in dependencies)
+
+
+@pytest.mark.parametrize("compression", COMPRESSIONS)
+@pytest.mark.parametrize("layout", ["stack", "pages", "folder"])
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.float32])
+def test_compressed_tiffs_read_their_pixels(
+    tmp_path: Path, compression: str, layout: str, dtype: type
+) -> None:
+    stack = ramp_stack(4, dtype, np.random.default_rng(5))
+    path = write_compressed(tmp_path / "compressed.tif", stack, compression, layout)
+    first = path / "0.tif" if layout == "folder" else path
+    with tifffile.TiffFile(first) as tif:
+        assert tif.pages.first.compression.name.lower() in (compression, "adobe_deflate")
+    back = read_stack(path)
+    assert back.dtype == np.dtype(dtype)
+    np.testing.assert_array_equal(back, stack)
+    assert count_slices(path) == 4
+    assert slice_size(path) == SHAPE
+
+
+# --- palette (indexed-colour) PNGs ---------------------------------------------------------------
+
+
+def write_palette_png(path: Path, indices: np.ndarray, palette: list[tuple[int, int, int]]) -> Path:
+    """A real palette ('P') PNG: `indices` are the pixels, `palette` the colour of each index."""
+    image = Image.frombytes("P", indices.shape[::-1], indices.astype(np.uint8).tobytes())
+    image.putpalette([channel for colour in palette for channel in colour])
+    image.save(path)
+    with Image.open(path) as saved:
+        assert saved.mode == "P"
+    return path
+
+
+def palette_indices(rng: np.random.Generator, count: int) -> np.ndarray:
+    return rng.integers(0, count, SHAPE).astype(np.uint8)
+
+
+def test_palette_png_labels_are_their_indices(tmp_path: Path) -> None:
+    """Luminance would turn the label indices 0 and 1 of black and red into 0 and 76."""
+    for index in range(3):
+        indices = palette_indices(np.random.default_rng(index), 2)
+        write_palette_png(tmp_path / f"{index}.png", indices, [(0, 0, 0), (255, 0, 0)])
+    labels = read_stack(tmp_path, labels=True)
+    assert labels.dtype == np.uint8
+    expected = [palette_indices(np.random.default_rng(index), 2) for index in range(3)]
+    np.testing.assert_array_equal(labels, np.stack(expected))
+
+
+def test_gray_palette_png_image_reads_as_its_gray_values(tmp_path: Path) -> None:
+    indices = palette_indices(np.random.default_rng(7), 40)
+    gray = [255 - 3 * index for index in range(40)]  # not the identity: the mapping must happen
+    path = write_palette_png(tmp_path / "gray.png", indices, [(g, g, g) for g in gray])
+    back = read_stack(path)
+    assert back.dtype == np.uint8
+    np.testing.assert_array_equal(back[0], np.asarray(gray, np.uint8)[indices])
+
+
+def test_unused_coloured_palette_entries_do_not_refuse_a_gray_image(tmp_path: Path) -> None:
+    indices = palette_indices(np.random.default_rng(8), 2)
+    palette = [(0, 0, 0), (200, 200, 200), (255, 0, 0)]  # the red entry colours no pixel
+    path = write_palette_png(tmp_path / "gray.png", indices, palette)
+    np.testing.assert_array_equal(read_stack(path)[0], np.where(indices == 1, 200, 0))
+
+
 # --- refusals ------------------------------------------------------------------------------------
 
 
@@ -253,6 +355,13 @@ def test_rgb_slice_in_a_folder_is_refused(tmp_path: Path) -> None:
     Image.fromarray(np.zeros((*SHAPE, 3), np.uint8)).save(tmp_path / "1.png")
     with pytest.raises(InputError, match=r"1\.png"):
         read_stack(tmp_path)
+
+
+def test_coloured_palette_png_image_is_refused(tmp_path: Path) -> None:
+    indices = palette_indices(np.random.default_rng(9), 2)
+    path = write_palette_png(tmp_path / "overlay.png", indices, [(0, 0, 0), (255, 0, 0)])
+    assert_refused(path, "palette (indexed-colour) PNG with colours", "8- or 16-bit grayscale")
+    np.testing.assert_array_equal(read_stack(path, labels=True)[0], indices)  # fine as labels
 
 
 @pytest.mark.parametrize("keep", [0.5, 0.98])

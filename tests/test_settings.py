@@ -28,6 +28,7 @@ from emseg.settings import (
     isbi_mirror,
     labelled_slice_count,
     run_settings,
+    training_data,
     validation_slices,
 )
 
@@ -239,6 +240,51 @@ def test_a_volume_applied_with_one_models_runs_is_cut_as_that_model_cuts(
     assert cut["by_file"] == cut["by_two_models"] == config["segment"]
 
 
+@pytest.mark.parametrize(
+    ("entry", "key"),
+    [
+        ({"block": [1, 500, 512]}, "apply.volumes.big.block"),
+        ({"chunks": [1, 300, 512]}, "apply.volumes.big.block"),
+        ({}, "apply.block"),
+    ],
+)
+def test_a_volumes_own_block_is_named_under_its_entry(
+    config: dict[str, Any], tmp_path: Path, entry: dict[str, Any], key: str
+) -> None:
+    volume = str(tmp_path / "volume.tif")
+    tifffile.imwrite(volume, np.zeros((2, 32, 32), np.uint8))
+    if not entry:
+        config["apply"]["block"] = [1, 500, 512]
+    config["apply"]["volumes"] = {"big": {"input": volume, **entry}}
+    with pytest.raises(ConfigError, match=rf"^{re.escape(key)}: \[1, \d+, \d+\] is not a multiple"):
+        apply_volumes(config, run_settings(config), 1, [0], tmp_path / "runs")
+
+
+@pytest.mark.parametrize(
+    ("entry", "unit"),
+    [
+        ({"unit": "nm"}, "nanometer"),
+        ({"unit": "µm"}, "micrometer"),
+        ({}, ""),
+        ({"unit": "px"}, None),
+    ],
+)
+def test_a_volumes_unit_is_named_as_ome_zarr_names_it(
+    config: dict[str, Any], tmp_path: Path, entry: dict[str, Any], unit: str | None
+) -> None:
+    volume = str(tmp_path / "volume.tif")
+    tifffile.imwrite(volume, np.zeros((2, 32, 32), np.uint8))
+    config["apply"]["volumes"] = {"big": {"input": volume, **entry}}
+    if unit is None:
+        with pytest.raises(ConfigError, match=r"^apply\.volumes\.big\.unit: 'px' is not a length"):
+            apply_volumes(config, run_settings(config), 1, [0], tmp_path / "runs")
+        return
+    assert (
+        apply_volumes(config, run_settings(config), 1, [0], tmp_path / "runs")["big"]["unit"]
+        == unit
+    )
+
+
 def test_unusable_model_spec_names_model(config: dict[str, Any]) -> None:
     config["model"].update(arch="vnet", padding="valid")
     raises_for(config, "model")
@@ -414,3 +460,30 @@ def test_config_hash_is_stable_and_sensitive(config: dict[str, Any]) -> None:
     assert config_hash(config["train"], config["model"]) != config_hash(
         config["model"], config["train"]
     )
+
+
+@pytest.mark.parametrize(
+    ("source", "key", "value", "retrains"),
+    [
+        ("isbi2012", "mirror", "/data/isbi2012", False),
+        ("isbi2012", "base_url", "https://example.org/isbi", False),
+        ("isbi2012", "test_images", "other.tif", False),
+        ("files", "test_images", "other test.tif", False),
+        ("files", "mirror", "/data/isbi2012", False),
+        ("files", "train_images", "other images.tif", True),
+        ("files", "train_labels", "other labels.tif", True),
+        ("files", "membrane_value", 255, True),
+        ("synthetic", "mirror", "/data/isbi2012", False),
+        ("synthetic", "synthetic", {**DEFAULT["data"]["synthetic"], "test_slices": 2}, True),
+        ("synthetic", "synthetic", {**DEFAULT["data"]["synthetic"], "seed": 1}, True),
+    ],
+)
+def test_only_the_training_stacks_identity_retrains(
+    source: str, key: str, value: object, retrains: bool
+) -> None:
+    """A run's hash holds the data keys that shape its training stacks, not where they came from
+    or the test stack; the synthetic test slices share the training slices' tissue."""
+    data = copy.deepcopy(DEFAULT["data"]) | {"source": source}
+    data |= {"train_images": "images.tif", "train_labels": "labels.tif"}
+    changed = data | {key: value}
+    assert (config_hash(training_data(changed)) != config_hash(training_data(data))) is retrains

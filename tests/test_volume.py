@@ -6,6 +6,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import h5py
+import imagecodecs
 import numpy as np
 import pytest
 import tifffile
@@ -74,6 +75,63 @@ def test_every_format_reads_the_blocks_of_the_stack(tmp_path: Path, dtype: type)
             read = volume.read(*block)
             assert read.dtype.isnative, name
             np.testing.assert_array_equal(read, stack[block], err_msg=name)
+
+
+# LZW and zstd need imagecodecs; these are what Fiji, QuPath and many microscopes write
+ZSTD = pytest.mark.skipif(not imagecodecs.ZSTD.available, reason="no zstd in imagecodecs")
+COMPRESSIONS = ["lzw", "zlib", "deflate", pytest.param("zstd", marks=ZSTD)]
+
+
+def _compressed(folder: Path, stack: np.ndarray, compression: str) -> dict[str, str]:
+    """The stack as compressed TIFFs: striped and tiled stacks, pages and a slice folder."""
+    gray = {"photometric": "minisblack", "compression": compression}
+    tifffile.imwrite(folder / "strips.tif", stack, rowsperstrip=8, **gray)
+    tifffile.imwrite(folder / "tiles.tif", stack, tile=(16, 16), **gray)
+    with tifffile.TiffWriter(folder / "pages.tif") as writer:
+        for plane in stack:
+            writer.write(plane, **gray)
+    (folder / "slices").mkdir()
+    for index, plane in enumerate(stack):
+        tifffile.imwrite(folder / "slices" / f"{index}.tif", plane, **gray)
+    names = ("strips.tif", "tiles.tif", "pages.tif", "slices")
+    return {name: str(folder / name) for name in names}
+
+
+@pytest.mark.parametrize("compression", COMPRESSIONS)
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.float32])
+def test_compressed_tiffs_read_block_by_block(
+    tmp_path: Path, compression: str, dtype: type
+) -> None:
+    stack = _stack(dtype)
+    for name, spec in _compressed(tmp_path, stack, compression).items():
+        volume = open_volume(spec)
+        assert volume.shape == stack.shape and volume.dtype == stack.dtype, name
+        for block in BLOCKS:
+            np.testing.assert_array_equal(volume.read(*block), stack[block], err_msg=name)
+
+
+def _palette_png(path: Path, indices: np.ndarray, palette: list[tuple[int, int, int]]) -> None:
+    image = Image.frombytes("P", indices.shape[::-1], indices.astype(np.uint8).tobytes())
+    image.putpalette([channel for colour in palette for channel in colour])
+    image.save(path)
+
+
+def test_gray_palette_png_slices_read_as_gray_values(tmp_path: Path) -> None:
+    indices = np.random.default_rng(4).integers(0, 50, (3, 37, 53)).astype(np.uint8)
+    gray = np.asarray([250 - 5 * index for index in range(50)], np.uint8)
+    for index, plane in enumerate(indices):
+        _palette_png(tmp_path / f"{index}.png", plane, [(g, g, g) for g in gray.tolist()])
+    volume = open_volume(tmp_path)
+    assert volume.dtype == np.uint8
+    block = (slice(1, 3), slice(5, 30), slice(2, 40))
+    np.testing.assert_array_equal(volume.read(*block), gray[indices][block])
+
+
+def test_a_coloured_palette_png_is_refused_by_name(tmp_path: Path) -> None:
+    indices = np.tile(np.array([[0, 1]], np.uint8), (20, 10))
+    _palette_png(tmp_path / "overlay.png", indices, [(0, 0, 0), (0, 255, 0)])
+    with pytest.raises(InputError, match=r"overlay\.png: palette \(indexed-colour\) PNG with"):
+        open_volume(tmp_path / "overlay.png")
 
 
 def test_png_slices_are_read_in_numbered_order(tmp_path: Path) -> None:

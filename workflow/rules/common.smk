@@ -8,6 +8,7 @@ sys.path.insert(0, str(Path(workflow.basedir) / "workflow" / "scripts"))
 from emseg.apply_settings import apply_volumes, nvidia_gpu_present  # noqa: E402
 from emseg.blocks import BlockGrid, halo_jobs, label_job_members  # noqa: E402
 from emseg.errors import ConfigError  # noqa: E402
+from emseg.io import slice_files  # noqa: E402
 from emseg.models.geometry import geometry_for  # noqa: E402
 from emseg.settings import (  # noqa: E402
     check_config,
@@ -19,6 +20,7 @@ from emseg.settings import (  # noqa: E402
     folds,
     labelled_slice_count,
     run_settings,
+    training_data,
 )
 
 SCHEMA = Path(workflow.basedir) / "workflow" / "schemas" / "config.schema.yaml"
@@ -76,21 +78,30 @@ def has_test_images():
     return True
 
 
+# The training stacks and their record. The test stack is apart: changing it must not retrain.
 CANONICAL = {
     "train_images": DATA / "train_images.tif",
     "train_labels": DATA / "train_labels.tif",
     "record": DATA / "dataset.json",
 }
-if has_test_images():
-    CANONICAL["test_images"] = DATA / "test_images.tif"
+TEST_STACK = DATA / "test_images.tif"
 
 
-def user_files():
-    """The user's own input stacks (data.source: files), as rule inputs."""
-    keys = ["train_images", "train_labels"] + (
-        ["test_images"] if has_test_images() else []
-    )
-    return {key: Path(config["data"][key]).expanduser() for key in keys}
+def test_stack_output():
+    """The test stack, for a source that makes it in the same job as the training stacks."""
+    return {"test_images": TEST_STACK} if has_test_images() else {}
+
+
+def user_stack(key):
+    """One of the user's own input stacks (data.source: files): a file or a folder of slices."""
+    return Path(config["data"][key]).expanduser()
+
+
+def user_files(key):
+    """A user's stack as job inputs: a folder's slices one by one, since editing a slice
+    leaves the folder's time stamp as it was, and Snakemake would miss it."""
+    path = user_stack(key)
+    return slice_files(path) if path.is_dir() else path
 
 
 def margin(wildcards):
@@ -124,7 +135,7 @@ def run_hash(wildcards):
 def hash_of_run(name, fold, seed):
     settings = SETTINGS[name]
     return config_hash(
-        config["data"],
+        training_data(config["data"]),
         config["preprocess"],
         config["weights"],
         config["augment"],

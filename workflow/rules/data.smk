@@ -24,6 +24,7 @@ if SOURCE == "isbi2012":
             record=DATA / "isbi2012" / "fetched.json",
         output:
             **CANONICAL,
+            **test_stack_output(),
         log:
             LOGS / "import_dataset.log",
         conda:
@@ -36,9 +37,10 @@ if SOURCE == "isbi2012":
 elif SOURCE == "files":
 
     rule import_files:
-        """Check the user's stacks and convert them into canonical TIFFs (labels: 1 = membrane)."""
+        """Check the user's training stacks, convert them into canonical TIFFs (1 = membrane)."""
         input:
-            **user_files(),
+            train_images=user_files("train_images"),
+            train_labels=user_files("train_labels"),
         output:
             **CANONICAL,
         log:
@@ -46,9 +48,31 @@ elif SOURCE == "files":
         conda:
             "../../envs/emseg.yaml"
         params:
+            stacks={
+                key: str(user_stack(key)) for key in ("train_images", "train_labels")
+            },
             membrane_value=config["data"]["membrane_value"],
         script:
             "../scripts/import_files.py"
+
+    if has_test_images():
+
+        rule import_test_files:
+            """Check the user's test stack against the training images and convert it into a
+            canonical TIFF: its own job, so another test stack retrains nothing."""
+            input:
+                test_images=user_files("test_images"),
+                train_images=CANONICAL["train_images"],
+            output:
+                test_images=TEST_STACK,
+            log:
+                LOGS / "import_test_files.log",
+            conda:
+                "../../envs/emseg.yaml"
+            params:
+                stack=str(user_stack("test_images")),
+            script:
+                "../scripts/import_test_files.py"
 
 else:
 
@@ -56,6 +80,7 @@ else:
         """Generate an EM-like stack with exact labels, from a seed."""
         output:
             **CANONICAL,
+            **test_stack_output(),
         log:
             LOGS / "import_dataset.log",
         conda:

@@ -5,9 +5,9 @@
 rule normalize:
     """Scale intensities by percentiles of the labelled slices (no labels used), as float32."""
     input:
-        **{key: path for key, path in CANONICAL.items() if key != "record"},
+        train_images=CANONICAL["train_images"],
+        train_labels=CANONICAL["train_labels"],
     output:
-        **({"test_images": PRE / "test_images.tif"} if has_test_images() else {}),
         normalization=PRE / "normalization.json",
         labelled_images=PRE / "labelled_images.tif",
         labels=PRE / "labels.tif",
@@ -19,6 +19,22 @@ rule normalize:
         preprocess=config["preprocess"],
     script:
         "../scripts/normalize.py"
+
+
+rule normalize_test:
+    """Scale the test slices as the labelled ones were: its own job, so that another test stack
+    retrains nothing."""
+    input:
+        normalization=PRE / "normalization.json",
+        test_images=TEST_STACK,
+    output:
+        test_images=PRE / "test_images.tif",
+    log:
+        LOGS / "normalize_test.log",
+    conda:
+        "../../envs/emseg.yaml"
+    script:
+        "../scripts/normalize_test.py"
 
 
 rule mirror_pad:

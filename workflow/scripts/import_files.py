@@ -7,11 +7,7 @@ from emseg.runner import run_rule
 
 
 def main(snakemake: Any) -> None:
-    import_user_stacks(
-        snakemake.output,
-        {key: str(path) for key, path in snakemake.input.items()},
-        snakemake.params.membrane_value,
-    )
+    import_user_stacks(snakemake.output, snakemake.params.stacks, snakemake.params.membrane_value)
 
 
 if "snakemake" in globals():

@@ -1,4 +1,4 @@
-"""Rule normalize: fit percentile scaling on the labelled slices and apply it to every stack."""
+"""Rule normalize: fit percentile scaling on the labelled slices and scale them with it."""
 
 from typing import Any
 
@@ -19,8 +19,6 @@ def main(snakemake: Any) -> None:
     out = snakemake.output
     write_stack(out.labelled_images, norm.apply(images))
     write_stack(out.labels, read_stack(snakemake.input.train_labels).astype(np.uint8))
-    if "test_images" in out.keys():  # noqa: SIM118 (a Snakemake Namedlist)
-        write_stack(out.test_images, norm.apply(read_stack(snakemake.input.test_images)))
     write_json(out.normalization, norm.to_dict())
 
 

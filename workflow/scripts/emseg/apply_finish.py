@@ -31,6 +31,8 @@ from emseg.omezarr import (
 
 LOG = logging.getLogger("emseg")
 IMAGEJ_LIMIT = 4 * 1024**3  # ImageJ's own TIFF reader stops at 4 GiB; beyond, write a BigTIFF
+# OME-Zarr's unit names as ImageJ's calibration spells them (others it shows as written)
+IMAGEJ_UNITS = {"nanometer": "nm", "micrometer": "micron", "millimeter": "mm"}
 
 
 def forget_label_image(plan: Mapping[str, Any], name: str, records: Iterable[Path]) -> None:
@@ -75,7 +77,7 @@ def write_tiff(store: Path, tiff: Path, plan: Mapping[str, Any]) -> None:
     sz, sy, sx = plan["voxel_size"]
     metadata: dict[str, Any] = {"axes": "ZYX", "spacing": sz}
     if plan.get("unit"):
-        metadata["unit"] = {"nanometer": "nm", "micrometer": "micron"}.get(plan["unit"], "")
+        metadata["unit"] = IMAGEJ_UNITS.get(plan["unit"], plan["unit"])
     with atomic_path(tiff) as tmp:
         tifffile.imwrite(
             tmp,

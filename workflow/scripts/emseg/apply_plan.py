@@ -49,6 +49,8 @@ def make_plan(
         )
     models = [load_model_file(path) for path in settings["models"]]
     fitted = _fit_if_asked(volume, settings, models)
+    if fitted is None:
+        _check_model_scaling(name, volume, models)
     members = [_member(model, volume, settings, predict, fitted) for model in models]
     _warn_of_repeated_tiles(volume, settings, predict, models, members)
     voxel_size, unit = _voxel_size(volume, settings)
@@ -133,6 +135,27 @@ def _fit_if_asked(
         upper,
     )
     return fitted
+
+
+def _check_model_scaling(name: str, volume: Volume, models: Sequence[ModelFile]) -> None:
+    """Refuse a model's gray-value scaling that puts the volume's whole range outside 0-1.
+
+    The network learnt on slices scaled to about 0-1; a volume whose 1-99 % range lands beyond
+    (16-bit data with a model of 8-bit slices, or the reverse) gives a flat, meaningless map.
+    """
+    for model in models:
+        norm = model.normalization
+        if norm is None:
+            continue  # named by _member
+        own = fit_volume_normalization(volume, norm.lower_percentile, norm.upper_percentile)
+        low, high = norm.apply(np.array([own.low, own.high]))
+        if low >= 1.0 or high <= 0.0:
+            raise InputError(
+                f"apply.volumes.{name}.normalization: {model.path.name} scales gray values"
+                f" {norm.low:g}-{norm.high:g} to 0-1, which puts {volume.name}'s"
+                f" ({volume.dtype}, {own.low:g}-{own.high:g}) at {low:.2f}-{high:.2f};"
+                " set normalization: fit to scale the volume by its own percentiles"
+            )
 
 
 def _member(

@@ -19,7 +19,7 @@ from emseg.dataset import MIN_SIDE
 from emseg.errors import ConfigError
 from emseg.io import InputError
 from emseg.settings import refuse_braces
-from emseg.volume import open_volume, volume_file
+from emseg.volume import UNITS, open_volume, volume_file
 
 RUN_REFERENCE = re.compile(r"^(?P<name>[^/\s]+)/fold(?P<fold>\d+)/seed(?P<seed>\d+)$")
 
@@ -50,8 +50,10 @@ def apply_volumes(
         entries = _model_entries(settings.get("model"), runs, seeds)
         settings["models"] = _model_files(entries, key, runs, folds, seeds, runs_dir)
         settings["segment_settings"] = _segment_settings(entries, run_settings, config)
+        settings["unit"] = length_unit(settings.get("unit"), _key(key, entry, "unit"))
+        overrides = key if {"block", "chunks"} & set(entry or {}) else "apply"
         try:
-            check_block_shape(tuple(settings["block"]), tuple(settings["chunks"]))
+            check_block_shape(tuple(settings["block"]), tuple(settings["chunks"]), overrides)
         except ValueError as error:
             raise ConfigError(str(error)) from None
         settings |= _header(settings["input"], f"{key}.input")
@@ -61,6 +63,24 @@ def apply_volumes(
         settings["label_jobs"] = label_job_count(settings["jobs"], int(settings["blocks_per_job"]))
         planned[name] = settings
     return planned
+
+
+def _key(volume_key: str, entry: Mapping[str, Any] | None, name: str) -> str:
+    """The config key a volume's setting came from: its own entry's, else the `apply:` one."""
+    return f"{volume_key}.{name}" if name in (entry or {}) else f"apply.{name}"
+
+
+def length_unit(given: Any, key: str) -> str:
+    """The config's voxel unit as OME-Zarr names it (nm -> nanometer); empty: the file's."""
+    text = str(given or "").strip()
+    if not text:
+        return ""
+    if text.lower() not in UNITS:
+        raise ConfigError(
+            f"{key}: {text!r} is not a length unit; give nanometer, micrometer, millimeter or"
+            " angstrom (or nm, um, mm)"
+        )
+    return UNITS[text.lower()]
 
 
 def _header(spec: str, key: str) -> dict[str, Any]:

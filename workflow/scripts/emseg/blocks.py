@@ -97,17 +97,20 @@ def halo_jobs(grid: BlockGrid, blocks_per_job: int, job: int, halo: int) -> list
     return sorted(jobs)
 
 
-def check_block_shape(block: Shape, chunks: Shape) -> None:
-    """Blocks must be whole numbers of chunks, so that jobs never share a chunk."""
+def check_block_shape(block: Shape, chunks: Shape, section: str = "apply") -> None:
+    """Blocks must be whole numbers of chunks, so that jobs never share a chunk.
+
+    `section` is the config section whose `block` and `chunks` are named in the error.
+    """
     for axis, (b, c) in enumerate(zip(block, chunks, strict=True)):
         if b < 1 or c < 1:
             raise ValueError(
-                f"apply.block and apply.chunks must be positive, got {block}, {chunks}"
+                f"{section}.block and {section}.chunks must be positive, got {block}, {chunks}"
             )
         if b % c:
             raise ValueError(
-                f"apply.block: {list(block)} is not a multiple of apply.chunks {list(chunks)}"
-                f" along {'zyx'[axis]}"
+                f"{section}.block: {list(block)} is not a multiple of {section}.chunks"
+                f" {list(chunks)} along {'zyx'[axis]}"
             )
 
 

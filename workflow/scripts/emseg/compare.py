@@ -148,6 +148,17 @@ def distribution_png(table: pd.DataFrame) -> bytes:
     return buffer.getvalue()
 
 
+def _runs_for_reading(table: pd.DataFrame) -> pd.DataFrame:
+    """The runs as a person reads them: whole seconds, and no GPU column where none was used."""
+    runs = table.copy()
+    for column in ("train_seconds", "gpu_seconds"):
+        if column in runs:
+            runs[column] = runs[column].round().astype("Int64")
+    if "gpu_seconds" in runs and not (runs["gpu_seconds"].fillna(0) > 0).any():
+        runs = runs.drop(columns="gpu_seconds")
+    return runs
+
+
 def _table(frame: pd.DataFrame) -> str:
     head = "".join(f"<th>{escape(NAMES.get(str(c), str(c)))}</th>" for c in frame.columns)
     rows = "".join(
@@ -179,6 +190,6 @@ def render_comparison(table: pd.DataFrame) -> str:
         + "<h2>Held-out scores of every run</h2>"
         + f'<img class="curve" alt="score distributions" src="data:image/png;base64,{plot}">'
         + "<h2>Runs</h2>"
-        + _table(table)
+        + _table(_runs_for_reading(table))
     )
     return html_page("emseg: model comparison", body)

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import tifffile
 
 from emseg.io import InputError, read_stack, sha256_file, write_json, write_stack
 
@@ -20,6 +21,8 @@ LOG = logging.getLogger("emseg")
 # The smallest slice side accepted: 16 px is the smallest input of the default networks (four 2x2
 # poolings), and a thinner slice (a line scan, a 1 x N image) gives no training tile worth the name.
 MIN_SIDE = 16
+# Membrane above this fraction of the label pixels suggests inverted labels (ISBI 2012: ~22 %).
+MEMBRANE_MAJORITY = 0.5
 
 
 def binarize_labels(labels: np.ndarray, membrane_value: int, source: Path | str) -> np.ndarray:
@@ -43,6 +46,28 @@ def binarize_labels(labels: np.ndarray, membrane_value: int, source: Path | str)
     return (labels == membrane_value).astype(np.uint8)
 
 
+def warn_if_inverted(
+    membrane: np.ndarray, given: np.ndarray, membrane_value: int, source: Path | str
+) -> None:
+    """Warn when membrane covers most pixels: nearly always labels of the inverted convention.
+
+    Not refused, as dense membrane can be real; but in EM membrane is a minority (ISBI 2012:
+    about 22 %), so a majority most likely means data.membrane_value names the cells.
+    """
+    fraction = float(membrane.mean())
+    if fraction <= MEMBRANE_MAJORITY:
+        return
+    cell = given.flat[int(np.argmin(membrane))]  # binarized labels have a cell pixel
+    LOG.warning(
+        "%s: membrane covers %.0f %% of the labelled pixels with data.membrane_value: %s; are the"
+        " labels inverted? set data.membrane_value to the cell value (%s)",
+        source,
+        100 * fraction,
+        membrane_value,
+        cell,
+    )
+
+
 def check_raw(stack: np.ndarray, source: Path | str) -> np.ndarray:
     """Accept 8- and 16-bit gray stacks (and finite float ones); reject the rest by file name."""
     if stack.dtype not in (np.uint8, np.uint16) and stack.dtype.kind != "f":
@@ -63,33 +88,49 @@ def check_raw(stack: np.ndarray, source: Path | str) -> np.ndarray:
 def import_user_stacks(
     outputs: Mapping[str, Any], inputs: Mapping[str, str], membrane_value: int
 ) -> None:
-    """Check the user's stacks (data.source: files) and write them as the canonical dataset.
+    """Check the user's training stacks (data.source: files); write them as the canonical ones.
 
-    `inputs` maps train_images, train_labels and optionally test_images to a multi-page TIFF or
-    a folder of slices; every refusal is an InputError that names the file.
+    `inputs` maps train_images and train_labels to a multi-page TIFF or a folder of slices; every
+    refusal is an InputError that names the file.
     """
     images = check_raw(read_stack(inputs["train_images"]), inputs["train_images"])
-    labels = binarize_labels(
-        read_stack(inputs["train_labels"]), membrane_value, inputs["train_labels"]
-    )
-    test = None
-    if inputs.get("test_images"):
-        test = check_raw(read_stack(inputs["test_images"]), inputs["test_images"])
-        # a float stack may share the other's units; an 8-bit one beside 16-bit ones cannot
-        if test.dtype != images.dtype and {test.dtype.kind, images.dtype.kind} <= set("ui"):
-            raise InputError(
-                f"{inputs['test_images']}: pixel type {test.dtype}, the training images"
-                f" ({inputs['train_images']}) are {images.dtype}; the gray-value scaling is fitted"
-                " on the training images, so give data.test_images their pixel type"
-            )
+    labels = _user_labels(inputs["train_labels"], membrane_value)
     write_canonical(
         outputs,
         train_images=images,
         train_labels=labels,
-        test_images=test,
+        test_images=None,
         source={"name": "files", "membrane_value": membrane_value},
         names=dict(inputs),
     )
+
+
+def _user_labels(path: str, membrane_value: int) -> np.ndarray:
+    """The user's label stack as 1 = membrane, 0 = cell; a palette PNG's indices are its values."""
+    given = read_stack(path, labels=True)
+    membrane = binarize_labels(given, membrane_value, path)
+    warn_if_inverted(membrane, given, membrane_value, path)
+    return membrane
+
+
+def import_user_test_stack(output: Path | str, test_images: str, train_images: Path | str) -> None:
+    """Check the user's test stack (data.test_images) and write it as the canonical test stack.
+
+    A job of its own, apart from the training stacks, so that another test stack retrains nothing.
+    `train_images` is the canonical training stack, whose pixel type the test stack must share.
+    """
+    test = check_raw(read_stack(test_images), test_images)
+    with tifffile.TiffFile(train_images) as canonical:  # the header, not the stack
+        train_type = np.dtype(canonical.series[0].dtype)
+    # a float stack may share the other's units; an 8-bit one beside 16-bit ones cannot
+    if test.dtype != train_type and {test.dtype.kind, train_type.kind} <= set("ui"):
+        raise InputError(
+            f"{test_images}: pixel type {test.dtype}, the training images are {train_type};"
+            " the gray-value scaling is fitted on the training images, so give"
+            " data.test_images their pixel type"
+        )
+    write_stack(output, test)
+    LOG.info("test_images: %s %s from %s", test.shape, test.dtype, test_images)
 
 
 def write_canonical(

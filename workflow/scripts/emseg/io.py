@@ -150,18 +150,19 @@ def write_stack(path: str | os.PathLike[str], stack: np.ndarray) -> None:
         tifffile.imwrite(tmp, stack, imagej=True, metadata={"axes": "ZYX"})
 
 
-def read_stack(path: str | os.PathLike[str]) -> np.ndarray:
+def read_stack(path: str | os.PathLike[str], labels: bool = False) -> np.ndarray:
     """Read a grayscale stack (Z,H,W) from a multi-page TIFF, a single image or a folder of slices.
 
     Folder slices are ordered by the number in their names (0.png, 1.png, ..., 10.png), so stacks
-    named the way microscopes and the ISBI data name them come out in section order.
+    named the way microscopes and the ISBI data name them come out in section order. `labels`
+    reads palette PNGs as their indices (the label values) rather than as gray values.
     """
     path = Path(path)
     if path.is_dir():
         files = slice_files(path)
         if not files:
             raise InputError(f"{path}: folder holds no .png/.tif/.tiff slices")
-        slices = [read_image(f) for f in files]
+        slices = [read_image(f, labels=labels) for f in files]
         shapes = {s.shape for s in slices}
         if len(shapes) > 1:
             raise InputError(f"{path}: slices differ in size {sorted(shapes)}")
@@ -171,7 +172,7 @@ def read_stack(path: str | os.PathLike[str]) -> np.ndarray:
         return np.stack(slices)
     if not path.exists():
         raise InputError(f"{path}: no such file or folder")
-    stack = read_image(path, allow_stack=True)
+    stack = read_image(path, allow_stack=True, labels=labels)
     return stack if stack.ndim == 3 else stack[np.newaxis]
 
 
@@ -230,20 +231,46 @@ def slice_size(path: str | os.PathLike[str]) -> tuple[int, int]:
         raise InputError(f"{path}: cannot read image ({type(error).__name__}: {error})") from error
 
 
-def read_image(path: Path, allow_stack: bool = False) -> np.ndarray:
+def read_image(path: Path, allow_stack: bool = False, labels: bool = False) -> np.ndarray:
+    """One image file as an array; `labels` keeps a palette PNG's indices (see _read_png)."""
     try:
         if path.suffix.lower() in (".tif", ".tiff"):
             array = _read_tiff(path)
         else:
-            with Image.open(path) as image:
-                if image.mode not in ("L", "I;16", "I;16B", "I", "1", "P"):
-                    raise InputError(f"{path}: image mode {image.mode} is not grayscale")
-                array = np.asarray(image.convert("L") if image.mode in ("1", "P") else image)
+            array = _read_png(path, labels)
     except InputError:
         raise
     except Exception as error:  # tifffile and Pillow raise many types for damaged files
         raise InputError(f"{path}: cannot read image ({type(error).__name__}: {error})") from error
     return _check_gray(path, np.asarray(array), allow_stack)
+
+
+def _read_png(path: Path, labels: bool) -> np.ndarray:
+    """A gray PNG's values; a palette ('P') PNG's indices, which for labels are the label values.
+
+    Converting a palette image to luminance would turn label indices 0 and 1 into gray values
+    such as 0 and 38, which match no data.membrane_value.
+    """
+    with Image.open(path) as image:
+        if image.mode == "P":
+            indices = np.asarray(image)
+            return indices if labels else _palette_gray(path, image, indices)
+        if image.mode not in ("L", "I;16", "I;16B", "I;16L", "I", "1"):
+            raise InputError(f"{path}: image mode {image.mode} is not grayscale")
+        return np.asarray(image.convert("L") if image.mode == "1" else image)
+
+
+def _palette_gray(path: Path, image: Image.Image, indices: np.ndarray) -> np.ndarray:
+    """The gray values of a colour-mapped gray image; a palette with colours has none to give."""
+    palette = np.asarray(image.getpalette("RGB") or [], np.uint8).reshape(-1, 3)
+    if len(palette) < 256:  # indices past a short palette are black, as Pillow shows them
+        palette = np.concatenate([palette, np.zeros((256 - len(palette), 3), np.uint8)])
+    used = palette[np.unique(indices)]
+    if not ((used[:, 0] == used[:, 1]) & (used[:, 1] == used[:, 2])).all():
+        raise InputError(
+            f"{path}: palette (indexed-colour) PNG with colours; save it as 8- or 16-bit grayscale"
+        )
+    return palette[:, 0][indices]
 
 
 def _read_tiff(path: Path) -> np.ndarray:

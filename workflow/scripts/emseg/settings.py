@@ -267,6 +267,23 @@ def check_license(license_id: str) -> None:
         ) from None
 
 
+def training_data(data: Mapping[str, Any]) -> dict[str, Any]:
+    """The `data` keys that shape the training stacks: what a trained run depends on.
+
+    Where the ISBI slices come from (`base_url`, `mirror`) is not among them, as every file is
+    checked against the manifest, nor is `data.test_images`, which only the test predictions read:
+    changing them must not retrain. The synthetic stack's test slices share its 3-D tissue, so
+    there every key counts.
+    """
+    source = data["source"]
+    if source == "isbi2012":
+        return {"source": source}
+    if source == "files":
+        keys = ("train_images", "train_labels", "membrane_value")
+        return {"source": source} | {key: data[key] for key in keys}
+    return {"source": source, "synthetic": data["synthetic"]}
+
+
 def config_hash(*sections: Any) -> str:
     """A short stable hash of config sections, recorded with results to say what produced them."""
     blob = json.dumps(sections, sort_keys=True, default=str).encode()

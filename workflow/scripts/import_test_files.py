@@ -1,0 +1,18 @@
+"""Rule import_test_files: check the user's test stack and convert it into a canonical TIFF."""
+
+from typing import Any
+
+from emseg.dataset import import_user_test_stack
+from emseg.runner import run_rule
+
+
+def main(snakemake: Any) -> None:
+    import_user_test_stack(
+        snakemake.output.test_images,
+        snakemake.params.stack,
+        snakemake.input.train_images,
+    )
+
+
+if "snakemake" in globals():
+    run_rule(main, snakemake)  # noqa: F821
