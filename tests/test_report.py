@@ -283,3 +283,20 @@ def test_plot_learning_curves_writes_png(tmp_path: Path, rows: int) -> None:
 def test_plot_learning_curves_requires_step_and_loss(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="train_loss"):
         plot_learning_curves(pd.DataFrame({"step": [1]}), tmp_path / "c.png")
+
+
+def test_headings_and_facts_read_as_words_with_the_csv_keys_on_hover(tmp_path: Path) -> None:
+    run = make_run(n_slices=2)
+    run["summary"] |= {"vrand_split": 0.95, "seg_vrand": 0.97, "segment_method": "watershed"}
+    run["per_slice"] = run["per_slice"].assign(seg_vrand=0.97)
+    out = tmp_path / "r.html"
+    write_report(out, **run)
+    html = out.read_text(encoding="utf-8")
+    assert '<th title="pixel_error">pixel error</th>' in html
+    assert '<th title="vrand_split">V_rand split</th>' in html
+    assert '<th title="seg_vrand">V_rand</th>' in html  # the label image's own table
+    header = html.split("</header>")[0]
+    assert "network: <b>unet</b>" in header and "segmentation: <b>watershed</b>" in header
+    assert "vrand_split" not in header and "V_rand split" not in header  # in the table only
+    assert '<div class="name">Dice</div>' in header
+    assert "pixel error " in html.split("</header>")[1]  # slice captions in words too

@@ -13,7 +13,7 @@ import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from emseg.report import format_value, html_page
+from emseg.report import CARD_NAMES, COLUMN_NAMES, format_value, html_page
 
 SCORES = ("vrand", "vinfo", "seg_vrand", "seg_vinfo", "pixel_error", "dice")
 LOWER_IS_BETTER = ("pixel_error",)
@@ -23,16 +23,9 @@ COLUMNS = (
     "segment_method", "parameters", "train_seconds", "gpu_seconds", "device", "config_hash",
 )  # fmt: skip
 NAMES = {
+    **COLUMN_NAMES,
+    **CARD_NAMES,  # the map's and the cells' scores side by side: say which is which
     "name": "model",
-    "vrand": "V_rand, map",
-    "vinfo": "V_info, map",
-    "seg_vrand": "V_rand, cells",
-    "seg_vinfo": "V_info, cells",
-    "pixel_error": "pixel error",
-    "dice": "Dice",
-    "iou": "IoU",
-    "threshold": "V_rand threshold",
-    "vinfo_threshold": "V_info threshold",
     "segment_method": "segmentation",
     "parameters": "parameters",
     "train_seconds": "training (s)",

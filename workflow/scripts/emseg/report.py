@@ -76,7 +76,32 @@ CARD_NAMES = {
     "threshold": "V_rand threshold",
     "vinfo_threshold": "V_info threshold",
 }
-RUN_FACTS = ("n_slices", "arch", "config_hash", "seed", "fold", "segment_method")
+COLUMN_NAMES = {
+    "slice": "slice",
+    "pixel_error": "pixel error",
+    "dice": "Dice",
+    "iou": "IoU",
+    "vrand": "V_rand",
+    "vrand_split": "V_rand split",
+    "vrand_merge": "V_rand merge",
+    "vinfo": "V_info",
+    "vinfo_split": "V_info split",
+    "vinfo_merge": "V_info merge",
+    "threshold": "V_rand threshold",
+    "vinfo_threshold": "V_info threshold",
+    "vinfo_at_vrand_threshold": "V_info at V_rand threshold",
+}
+"""Readable headings of the metric columns (per_slice.csv keeps the plain keys, shown on hover);
+the label image's `seg_` columns take the same names in their own table."""
+RUN_FACTS = {
+    "name": "model",
+    "arch": "network",
+    "fold": "fold",
+    "seed": "seed",
+    "n_slices": "held-out slices",
+    "segment_method": "segmentation",
+    "config_hash": "config",
+}
 SLICE_CAPTION_METRICS = ("pixel_error", "dice", "vrand", "vinfo", "seg_vrand")
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -283,13 +308,19 @@ def _validate_stacks(
 def _header_html(title: str, summary: Mapping[str, Any]) -> str:
     """Title, run facts (arch, seed, ...) and headline score cards; unknown summary keys go last."""
     facts = [key for key in RUN_FACTS if key in summary]
-    extra = [key for key in summary if key not in RUN_FACTS and key not in HEADLINE_SCORES]
+    scored = {*HEADLINE_SCORES, *METRIC_COLUMNS}  # in the cards and the tables
+    extra = [
+        key
+        for key in summary
+        if key not in RUN_FACTS and key not in scored and not key.startswith(SEGMENT_PREFIX)
+    ]
     fact_html = "".join(
-        f"<span>{escape(key)}: <b>{escape(format_value(summary[key]))}</b></span>"
+        f"<span>{escape(RUN_FACTS.get(key, key))}: <b>{escape(format_value(summary[key]))}</b>"
+        "</span>"
         for key in (*facts, *extra)
     )
     cards = "".join(
-        f'<div class="score"><div class="name">{escape(CARD_NAMES.get(key, key))}</div>'
+        f'<div class="score"><div class="name">{escape(CARD_NAMES.get(key, readable(key)))}</div>'
         f'<div class="value">{escape(format_value(summary[key]))}</div></div>'
         for key in HEADLINE_SCORES
         if key in summary
@@ -300,6 +331,11 @@ def _header_html(title: str, summary: Mapping[str, Any]) -> str:
     if cards:
         parts.append(f'<div class="scores">{cards}</div>')
     return "<header>" + "".join(parts) + "</header>"
+
+
+def readable(column: str) -> str:
+    """A metric column's heading: its readable name, the same for the label image's `seg_` twin."""
+    return COLUMN_NAMES.get(column.removeprefix(SEGMENT_PREFIX), column)
 
 
 def _ordered_columns(per_slice: pd.DataFrame) -> list[str]:
@@ -321,7 +357,10 @@ def _segment_columns(per_slice: pd.DataFrame) -> list[str]:
 def _table_html(per_slice: pd.DataFrame, columns: Sequence[str]) -> str:
     """Metric table, one row per slice and a final mean row over the numeric columns."""
     columns = list(columns)
-    head = "".join(f"<th>{escape(str(column))}</th>" for column in columns)
+    head = "".join(
+        f'<th title="{escape(str(column))}">{escape(readable(str(column)))}</th>'
+        for column in columns
+    )
     # Column-wise lists keep each column's own type (iterrows would turn int slice ids to floats).
     cells = zip(*(per_slice[column].tolist() for column in columns), strict=True)
     rows = [
@@ -359,7 +398,9 @@ def _slice_caption(per_slice: pd.DataFrame, slice_id: int) -> str:
         return ""
     row = match.iloc[0]
     return " · ".join(
-        f"{key} {format_value(row[key])}" for key in SLICE_CAPTION_METRICS if key in row.index
+        f"{CARD_NAMES.get(key, readable(key))} {format_value(row[key])}"
+        for key in SLICE_CAPTION_METRICS
+        if key in row.index
     )
 
 
@@ -432,10 +473,10 @@ def _scores_html(per_slice: pd.DataFrame, summary: Mapping[str, Any]) -> str:
         '<p class="note">The probability map, scored as the ISBI 2012 challenge does: cut at'
         " the cell-probability thresholds 0.0, 0.1, &hellip;, 0.9 and thinned. The Rand scores"
         " are those of the threshold with the best mean V_rand over these slices"
-        " (<code>threshold</code>), the information scores those of the threshold with the best"
-        " mean V_info (<code>vinfo_threshold</code>): both thresholds are chosen on the scored"
-        " slices themselves. <code>vinfo_at_vrand_threshold</code> is V_info at V_rand&#8217;s"
-        " threshold.</p>",
+        " (V_rand threshold), the information scores those of the threshold with the best"
+        " mean V_info (V_info threshold): both thresholds are chosen on the scored"
+        " slices themselves. Split and merge: the two halves of each score (1 = no split, no"
+        " merge). Pixel error, Dice and IoU: the map cut at p &ge; 0.5.</p>",
         _table_html(per_slice, _ordered_columns(per_slice)),
     ]
     segment = _segment_columns(per_slice)
