@@ -93,6 +93,15 @@ def test_a_mask_threshold_predicts_nothing_again(finished: Path) -> None:
     assert not {"predict", "segment", "score", "train"} & set(planned), planned
 
 
+def test_other_works_settings_rewrite_no_report(finished: Path) -> None:
+    """An author for the export or a volume's setting belongs to no run's report."""
+    config = write_config(
+        finished, {"export": {"authors": [{"name": "Ada"}]}, "apply": {"threads": 2}}
+    )
+    result = snakemake(finished, "-n", config=config)
+    assert result.returncode == 0 and "Nothing to be done" in result.stdout + result.stderr
+
+
 def test_training_change_retrains_but_keeps_the_cache(finished: Path) -> None:
     config = write_config(finished, {"train": {"lr": 0.01}})
     planned = jobs_planned(snakemake(finished, "-n", config=config))

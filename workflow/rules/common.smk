@@ -146,6 +146,19 @@ def hash_of_run(name, fold, seed):
     )
 
 
+def run_config(wildcards):
+    """The config that made one run, as its report shows it: the run's own model, train and
+    segment settings, without the sections of other work (apply, export, the grid's other
+    models), so that adding a volume or an author rewrites no report."""
+    settings = SETTINGS[wildcards.name]
+    others = ("apply", "export", "models")
+    return {key: value for key, value in config.items() if key not in others} | {
+        "model": settings["model"],
+        "segment": settings["segment"],
+        "train": {**settings["train"], "seed": int(wildcards.seed)},
+    }
+
+
 def seed_ensemble_hash(wildcards):
     """What a fold's seed ensemble depends on: the runs it averages."""
     fold = int(wildcards.fold)

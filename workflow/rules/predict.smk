@@ -194,15 +194,7 @@ rule report:
         "../../envs/emseg.yaml"
     params:
         slices=lambda wildcards: fold_split(wildcards)["validation"],
-        config=lambda wildcards: {
-            **config,
-            "model": SETTINGS[wildcards.name]["model"],
-            "segment": SETTINGS[wildcards.name]["segment"],
-            "train": {
-                **SETTINGS[wildcards.name]["train"],
-                "seed": int(wildcards.seed),
-            },
-        },
+        config=run_config,
     script:
         "../scripts/write_report.py"
 
