@@ -248,7 +248,7 @@ def test_another_test_stack_retrains_nothing(tmp_path: Path) -> None:
     result = snakemake(tmp_path, config=config)
     assert result.returncode == 0, result.stderr[-3000:]
 
-    elsewhere = {"base_url": "http://127.0.0.1:9/", "mirror": str(tmp_path)}
+    elsewhere = {"mirror": str(tmp_path)}
     config = _files_config(tmp_path, images, labels, test_images=str(tests[5]), **elsewhere)
     planned = jobs_planned(snakemake(tmp_path, "-n", config=config))
     assert set(planned) <= {"report", "all"}, planned  # the report shows the config

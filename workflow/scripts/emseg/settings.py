@@ -268,20 +268,14 @@ def check_license(license_id: str) -> None:
 
 
 def training_data(data: Mapping[str, Any]) -> dict[str, Any]:
-    """The `data` keys that shape the training stacks: what a trained run depends on.
+    """The `data` section as a run's hash holds it: what a trained run depends on.
 
-    Where the ISBI slices come from (`base_url`, `mirror`) is not among them, as every file is
-    checked against the manifest, nor is `data.test_images`, which only the test predictions read:
-    changing them must not retrain. The synthetic stack's test slices share its 3-D tissue, so
-    there every key counts.
+    Left out: where the ISBI copy came from (`mirror`; every file is checked against the
+    manifest) and the test stack (`test_images`), which no training reads, so that changing them
+    retrains nothing. Every other key stays, so that a run made before this distinction keeps its
+    hash and is not retrained by an upgrade.
     """
-    source = data["source"]
-    if source == "isbi2012":
-        return {"source": source}
-    if source == "files":
-        keys = ("train_images", "train_labels", "membrane_value")
-        return {"source": source} | {key: data[key] for key in keys}
-    return {"source": source, "synthetic": data["synthetic"]}
+    return {**data, "mirror": "", "test_images": ""}
 
 
 def config_hash(*sections: Any) -> str:
