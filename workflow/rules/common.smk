@@ -92,15 +92,10 @@ def test_stack_output():
     return {"test_images": TEST_STACK} if has_test_images() else {}
 
 
-def user_stack(key):
-    """One of the user's own input stacks (data.source: files): a file or a folder of slices."""
-    return Path(config["data"][key]).expanduser()
-
-
 def user_files(key):
     """A user's stack as job inputs: a folder's slices one by one, since editing a slice
     leaves the folder's time stamp as it was, and Snakemake would miss it."""
-    path = user_stack(key)
+    path = Path(config["data"][key]).expanduser()
     return slice_files(path) if path.is_dir() else path
 
 

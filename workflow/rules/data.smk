@@ -48,9 +48,6 @@ elif SOURCE == "files":
         conda:
             "../../envs/emseg.yaml"
         params:
-            stacks={
-                key: str(user_stack(key)) for key in ("train_images", "train_labels")
-            },
             membrane_value=config["data"]["membrane_value"],
         script:
             "../scripts/import_files.py"
@@ -69,8 +66,6 @@ elif SOURCE == "files":
                 LOGS / "import_test_files.log",
             conda:
                 "../../envs/emseg.yaml"
-            params:
-                stack=str(user_stack("test_images")),
             script:
                 "../scripts/import_test_files.py"
 

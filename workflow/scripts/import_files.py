@@ -2,12 +2,14 @@
 
 from typing import Any
 
-from emseg.dataset import import_user_stacks
+from emseg.dataset import import_user_stacks, user_stack
 from emseg.runner import run_rule
 
 
 def main(snakemake: Any) -> None:
-    import_user_stacks(snakemake.output, snakemake.params.stacks, snakemake.params.membrane_value)
+    # The stacks as the config names them (a folder's slices are the job's inputs one by one).
+    stacks = {key: user_stack(snakemake.config, key) for key in ("train_images", "train_labels")}
+    import_user_stacks(snakemake.output, stacks, snakemake.params.membrane_value)
 
 
 if "snakemake" in globals():

@@ -2,14 +2,14 @@
 
 from typing import Any
 
-from emseg.dataset import import_user_test_stack
+from emseg.dataset import import_user_test_stack, user_stack
 from emseg.runner import run_rule
 
 
 def main(snakemake: Any) -> None:
     import_user_test_stack(
         snakemake.output.test_images,
-        snakemake.params.stack,
+        user_stack(snakemake.config, "test_images"),
         snakemake.input.train_images,
     )
 

@@ -85,6 +85,11 @@ def check_raw(stack: np.ndarray, source: Path | str) -> np.ndarray:
     return stack
 
 
+def user_stack(config: Mapping[str, Any], key: str) -> str:
+    """The path of one of the user's stacks (data.source: files) as the config gives it."""
+    return str(Path(config["data"][key]).expanduser())
+
+
 def import_user_stacks(
     outputs: Mapping[str, Any], inputs: Mapping[str, str], membrane_value: int
 ) -> None:
