@@ -3,12 +3,15 @@
 The module's fixture runs the real workflow (`snakemake export`) on the tiny config; the tests
 then read the zip back with bioimageio.spec, run bioimageio.core's model test on it and compare
 bioimageio.core's prediction of a held-out slice with emseg's own `predict_slice`, all with the
-network switched off in this process. An unpadded U-Net (whose output is smaller than its input)
-is exported from a fresh network through the same code, and bad requests stop before any job.
+network switched off in this process. An unpadded U-Net (which mirrors its input by its margin)
+is exported from a fresh network through the same code. Both packages are tiled by
+bioimageio.core into many blocks, which must give the map of one pass over the whole image, and
+bad requests stop before any job.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import json
@@ -26,18 +29,20 @@ import yaml
 from bioimageio.core import create_prediction_pipeline, predict
 from bioimageio.core import settings as core_settings
 from bioimageio.core import test_model as run_model_test
+from bioimageio.core.digest_spec import create_sample_for_model
 from bioimageio.spec import load_description
 from bioimageio.spec import settings as spec_settings
 from bioimageio.spec.model import v0_5 as bio
 
 from emseg.errors import ConfigError
+from emseg.export.halo import output_halo
 from emseg.export.network import MembraneProbability
 from emseg.export.package import checked_metadata, export_package
 from emseg.export.record import Metadata, RunRecord
 from emseg.export.standalone import CALLABLE, standalone_source
 from emseg.export.tensors import SizeRule, example, size_rule
 from emseg.export.weights import save_torchscript
-from emseg.io import read_json, read_stack
+from emseg.io import InputError, read_json, read_stack
 from emseg.model_file import load_model_file
 from emseg.models import build_model, geometry_for
 from emseg.preprocess import Normalization, fit_normalization, mirror_pad
@@ -51,6 +56,11 @@ RUN = Path("results/runs/tiny/fold0/seed0")
 PACKAGE = RUN / "bioimageio" / "tiny_fold0_seed0.zip"
 DEFAULTS = yaml.safe_load((REPO / "config.yaml").read_text())
 METADATA = {"authors": [{"name": "Ada Lovelace", "affiliation": "emseg tests"}], "license": "MIT"}
+# tiled vs one pass: the halo is the network's reach, so blocks are exact up to float rounding
+# (measured 8e-7 on the tiny run's package, 0 to 1.2e-6 on trained and fresh U-Nets, padded and
+# unpadded); without a halo the tiny run's blocks differed by 0.44, those of a padded U-Net of
+# depth 4 trained for 300 steps by 0.97, and an unpadded U-Net's package did not tile at all
+TILED_TOLERANCE = 1e-5
 
 
 @pytest.fixture(autouse=True)
@@ -107,11 +117,14 @@ def test_package_passes_spec_validation(exported: Path, offline: list[object]) -
     # sizes from the network's geometry; scaling from the normalisation in the model file
     model_file = load_model_file(exported / RUN / "model.pt")
     geometry = geometry_for(model_file.spec)
+    halo = output_halo(model_file.spec)
+    assert halo == 6 * geometry.multiple  # a padded U-Net of depth 2 reaches 22 px
     inputs, outputs = description.inputs[0], description.outputs[0]
+    assert inputs.pad is not None and inputs.pad.mode == "reflect"
     for axis in inputs.axes[2:]:
-        assert (axis.size.min, axis.size.step) == (geometry.multiple, geometry.multiple)
+        assert (axis.size.min, axis.size.step) == (2 * halo + geometry.multiple, geometry.multiple)
     for axis in outputs.axes[2:]:
-        assert axis.size.offset == -2 * geometry.margin == 0
+        assert (axis.size.offset, axis.halo) == (0, halo)
     norm = model_file.normalization
     scale = inputs.preprocessing[1].kwargs
     assert scale.gain * (norm.high - norm.low) == pytest.approx(1.0)
@@ -135,19 +148,69 @@ def test_package_passes_the_model_test(exported: Path, offline: list[object]) ->
 def test_bioimageio_prediction_equals_emseg(
     exported: Path, offline: list[object], weights: str
 ) -> None:
-    """A held-out slice that is not the test tensor, from raw gray values, through the package."""
+    """A held-out slice that is not the test tensor, from raw gray values, through the package:
+    bioimageio.core mirrors it by the halo, runs one pass and cuts the halo, which is emseg's
+    one-tile prediction of the slice mirrored by the halo."""
     held_out = read_json(exported / "results" / "data" / "split.json")["folds"][0]["validation"]
     raw = read_stack(exported / "results" / "data" / "train_images.tif")[held_out[-1]]
     model_file = load_model_file(exported / RUN / "model.pt")
     model = model_file.build(CPU)
-    options = TileOptions(tile_size=raw.shape[0], tta=False)  # one pass, as the package runs
-    expected = predict_slice(model, model_file.normalization.apply(raw), options, CPU)
+    halo = output_halo(model_file.spec)
+    mirrored = mirror_pad(model_file.normalization.apply(raw), halo)
+    options = TileOptions(tile_size=mirrored.shape[0], tta=False)  # one pass, as the package runs
+    expected = predict_slice(model, mirrored, options, CPU)[halo:-halo, halo:-halo]
     description = _description(exported / PACKAGE)
     pipeline = create_prediction_pipeline(description, devices=["cpu"], weight_format=weights)
     sample = predict(model=pipeline, inputs=raw[np.newaxis, np.newaxis].astype(np.float32))
     got = sample.members["membrane"].data.values[0, 0]
     np.testing.assert_allclose(got, expected, rtol=0, atol=1e-5)
     assert np.ptp(expected) > 0.01  # a real map, not a constant
+
+
+@pytest.mark.parametrize("weights", ["pytorch_state_dict", "torchscript"])
+def test_tiled_prediction_equals_one_pass(
+    exported: Path, offline: list[object], weights: str
+) -> None:
+    """bioimageio.core's blocked prediction of an image of many blocks has no seams (the tiny
+    run's padded U-Net; the unpadded one's package is tested below)."""
+    images, _ = synthetic_stack(1, 144, 144, seed=5, cell_size=16.0)  # the tiny run's generator
+    whole, tiled, blocks = _one_pass_and_tiled(_description(exported / PACKAGE), images[0], weights)
+    assert blocks >= 4
+    np.testing.assert_allclose(tiled, whole, rtol=0, atol=TILED_TOLERANCE)
+    assert np.ptp(whole) > 0.01
+
+
+def _one_pass_and_tiled(
+    description: bio.ModelDescr, image: np.ndarray, weights: str, n: int = 5
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """bioimageio.core's prediction of `image` in one pass, and in blocks of min + n * step px
+    (the blocksize parameter `n`); and how many blocks that was."""
+    inputs = image[np.newaxis, np.newaxis].astype(np.float32)
+    pipeline = create_prediction_pipeline(description, devices=["cpu"], weight_format=weights)
+    whole = predict(model=pipeline, inputs=inputs.copy()).members["membrane"]
+    with create_prediction_pipeline(
+        description, devices=["cpu"], weight_format=weights
+    ) as pipeline:
+        sample = create_sample_for_model(description, inputs=inputs.copy(), sample_id="tiled")
+        blocks, steps = pipeline.predict_sample_with_blocking_yield_intermediates(sample, ns=n)
+        *_, last = steps
+    tiled = last.sample.members["membrane"]
+    return whole.data.values[0, 0], tiled.data.values[0, 0], blocks
+
+
+def test_a_mask_threshold_exports_nothing_again(exported: Path) -> None:
+    """predict.threshold draws the workflow's binary masks; no package holds it."""
+    config = exported / "test_config.yaml"
+    original = config.read_text()
+    override = {"export": {**METADATA, "documentation": str(exported / "notes.md")}}
+    write_config(exported, override | {"predict": {"threshold": 0.7}})
+    try:
+        result = snakemake(exported, "export", "-n", config=config)
+    finally:
+        config.write_text(original)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    assert "export_bioimageio" not in jobs_planned(result)
+    assert "Nothing to be done" in result.stdout + result.stderr
 
 
 def test_exporting_again_gives_the_same_bytes(exported: Path) -> None:
@@ -194,30 +257,74 @@ def test_readme_python_example_runs(exported: Path, offline: list[object]) -> No
 # --- the exported network, unpadded U-Net and the architecture file ------------------------------
 
 
-def test_unpadded_unet_package_describes_its_halo(tmp_path: Path, offline: list[object]) -> None:
-    """Output 2 * margin smaller than the input: described, tested, and equal to emseg's tiles."""
+UNPADDED = {"arch": "unet", "padding": "valid", "base_channels": 2, "depth": 2, "norm": "none"}
+
+
+@dataclasses.dataclass(frozen=True)
+class Unpadded:
+    """A fresh unpadded U-Net (seed 0), its package and the slices it was made from."""
+
+    net: torch.nn.Module
+    norm: Normalization
+    images: np.ndarray
+    package: Path
+
+
+@pytest.fixture(scope="module")
+def unpadded(tmp_path_factory: pytest.TempPathFactory) -> Unpadded:
     torch.manual_seed(0)
-    spec = {"arch": "unet", "padding": "valid", "base_channels": 2, "depth": 2, "norm": "none"}
-    spec["dropout"] = 0.0
-    net, geometry = build_model(spec).eval(), geometry_for(spec)
-    images, _ = synthetic_stack(2, 40, 40, seed=1, cell_size=12.0)
+    spec = {**UNPADDED, "dropout": 0.0}
+    net = build_model(spec).eval()
+    images, _ = synthetic_stack(2, 96, 96, seed=1, cell_size=12.0)
     norm = fit_normalization(images)
-    rule = size_rule(net, geometry)
-    smallest = geometry.input_size_for_output(1)
-    assert (rule.min_input, rule.step, rule.halo) == (smallest, geometry.multiple, geometry.margin)
+    rule = size_rule(MembraneProbability(net), spec)
     sample = example(net, rule, norm, images[1], 1)
-    record = _record(spec, norm, rule)
+    work = tmp_path_factory.mktemp("unpadded") / "work"
     package, summary = export_package(
-        MembraneProbability(net), record, sample, Metadata(**METADATA), tmp_path / "work"
+        MembraneProbability(net), _record(spec, norm, rule), sample, Metadata(**METADATA), work
     )
     assert summary.status == "passed", summary.format()
-    description = _description(package)
-    assert [a.size.offset for a in description.outputs[0].axes[2:]] == [-2 * geometry.margin] * 2
-    # the whole slice, mirror-padded: emseg's overlap-tile prediction with small tiles
-    padded = mirror_pad(images[0].astype(np.float32), geometry.margin)
-    expected = predict_slice(net, norm.apply(padded), TileOptions(tile_size=48), CPU)
-    got = predict(model=description, inputs=padded[np.newaxis, np.newaxis])
+    return Unpadded(net, norm, images, package)
+
+
+def test_unpadded_unet_package_describes_its_halo(
+    unpadded: Unpadded, offline: list[object]
+) -> None:
+    """The network mirrors its input by its margin: an output of the input's size, the margin as
+    halo, and bioimageio.core's map of a whole slice equal to emseg's overlap-tile prediction."""
+    geometry = geometry_for(UNPADDED)
+    rule = size_rule(MembraneProbability(unpadded.net), UNPADDED)
+    assert (rule.halo, rule.step, rule.margin) == (geometry.margin, geometry.multiple, 20)
+    assert rule.min_input == 2 * rule.halo + rule.step
+    description = _description(unpadded.package)
+    axes = description.outputs[0].axes[2:]
+    assert [(a.size.offset, a.halo) for a in axes] == [(0, geometry.margin)] * 2
+    with zipfile.ZipFile(unpadded.package) as archive:  # a crop and its map, of one size
+        shapes = [
+            np.load(io.BytesIO(archive.read(f"test_{t}.npy"))).shape for t in ("input", "output")
+        ]
+    assert shapes == [(1, 1, 96, 96)] * 2
+    # the whole slice: emseg's overlap-tile prediction with small tiles, from raw gray values
+    padded = mirror_pad(unpadded.norm.apply(unpadded.images[0]), geometry.margin)
+    expected = predict_slice(unpadded.net, padded, TileOptions(tile_size=48), CPU)
+    image = unpadded.images[0].astype(np.float32)
+    got = predict(model=description, inputs=image[np.newaxis, np.newaxis])
     np.testing.assert_allclose(got.members["membrane"].data.values[0, 0], expected, atol=1e-5)
+    assert np.ptp(expected) > 0.01
+
+
+@pytest.mark.parametrize("weights", ["pytorch_state_dict", "torchscript"])
+def test_unpadded_unet_package_tiles_without_seams(
+    unpadded: Unpadded, offline: list[object], weights: str
+) -> None:
+    """bioimageio.core's blocked prediction failed on the old description (an output block
+    2 * margin smaller than its input block); now it gives the map of one pass."""
+    images, _ = synthetic_stack(1, 144, 144, seed=2, cell_size=12.0)
+    description = _description(unpadded.package)
+    whole, tiled, blocks = _one_pass_and_tiled(description, images[0], weights)
+    assert blocks >= 4
+    np.testing.assert_allclose(tiled, whole, rtol=0, atol=TILED_TOLERANCE)
+    assert np.ptp(whole) > 0.01
 
 
 def _record(spec: dict[str, object], norm: Normalization, rule: SizeRule) -> RunRecord:
@@ -240,16 +347,24 @@ def _record(spec: dict[str, object], norm: Normalization, rule: SizeRule) -> Run
     )
 
 
-def test_smallest_size_is_one_the_network_runs_on() -> None:
-    """Instance norm cannot normalise the 1 x 1 bottom map of a padded U-Net's smallest input."""
-    spec = {"arch": "unet", "padding": "same", "base_channels": 2, "depth": 2, "norm": "instance"}
-    geometry = geometry_for(spec)
-    assert not geometry.is_valid(geometry.multiple) and geometry.is_valid(2 * geometry.multiple)
-    rule = size_rule(build_model(spec).eval(), geometry)
-    assert rule.min_input == 2 * geometry.multiple and rule.step == geometry.multiple
-    batch_norm = {**spec, "norm": "batch"}
-    plain = geometry_for(batch_norm)
-    assert size_rule(build_model(batch_norm).eval(), plain).min_input == plain.multiple
+def test_smallest_input_keeps_one_step_inside_the_halo() -> None:
+    """The smallest block the package names keeps one step of output once the halo is cut from
+    both sides; a slice smaller than it becomes a test input by mirroring (bioimageio.core tests
+    no smaller input), one smaller than a step is refused."""
+    spec = {"arch": "unet", "padding": "valid", "base_channels": 2, "depth": 2, "norm": "none"}
+    net = build_model(spec).eval()
+    rule = size_rule(MembraneProbability(net), spec)
+    assert (rule.min_input, rule.step, rule.halo, rule.margin) == (44, 4, 20, 20)
+    norm = Normalization(0.0, 255.0, 1.0, 99.0)
+    raw = np.random.default_rng(0).integers(0, 255, (30, 41)).astype(np.uint8)
+    small = example(net, rule, norm, raw, 3)
+    assert small.mirrored == 8 and small.image.shape == small.prob.shape == (44, 44)
+    np.testing.assert_array_equal(small.image[8:-8, 8:-8], raw[:28, :28])
+    with pytest.raises(InputError, match="smaller than one step of the network's sizes, 4 px"):
+        example(net, rule, norm, raw[:3], 3)
+    instance = {**spec, "padding": "same", "norm": "instance"}
+    rule = size_rule(MembraneProbability(build_model(instance).eval()), instance)
+    assert rule.min_input == 2 * rule.halo + rule.step and rule.margin == 0
 
 
 @pytest.mark.parametrize(
@@ -265,10 +380,10 @@ def test_torchscript_holds_at_sizes_it_was_not_traced_at(spec: dict, tmp_path: P
     torch.manual_seed(0)
     spec = {**spec, "base_channels": 2, "dropout": 0.0}
     net = build_model(spec).eval()
-    rule = size_rule(net, geometry_for(spec))
+    wrapper = MembraneProbability(net)
+    rule = size_rule(wrapper, spec)
     traced_at = rule.min_input + 3 * rule.step
     image = np.random.default_rng(0).random((traced_at, traced_at), dtype=np.float32)
-    wrapper = MembraneProbability(net)
     checked = save_torchscript(wrapper, image, rule, tmp_path / "net.pt")
     assert traced_at not in checked and len(checked) == 3
     loaded = torch.jit.load(str(tmp_path / "net.pt"))

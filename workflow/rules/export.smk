@@ -28,7 +28,11 @@ rule export_bioimageio:
             **SETTINGS[wildcards.name]["train"],
             "seed": int(wildcards.seed),
         },
-        predict=lambda wildcards: SETTINGS[wildcards.name]["predict"],
+        predict=lambda wildcards: {  # the mask threshold is not part of a package
+            key: value
+            for key, value in SETTINGS[wildcards.name]["predict"].items()
+            if key != "threshold"
+        },
         export=config.get("export", {}),
     script:
         "../scripts/export_bioimageio.py"

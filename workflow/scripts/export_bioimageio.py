@@ -24,18 +24,17 @@ def main(snakemake: Any) -> None:
     if model_file.normalization is None:
         raise InputError(f"{model_file.path}: written before emseg 0.2 (no normalisation); retrain")
     net = model_file.build(torch.device("cpu"))
-    record = _record(snakemake, model_file, size_rule(net, model_file.geometry))
+    network = MembraneProbability(net)
+    record = _record(snakemake, model_file, size_rule(network, model_file.spec))
     rule = record.rule
     LOG.info("exporting %s: %s", record.title, record.network())
-    LOG.info("valid input sides %d + n x %d px, halo %d px", rule.min_input, rule.step, rule.halo)
+    LOG.info("input sides %d + n x %d px, output halo %d px", rule.min_input, rule.step, rule.halo)
     index = record.held_out[0]
     raw = read_stack(snakemake.input.images)[index]
     with tempfile.TemporaryDirectory(prefix="emseg-export-") as work:
         sample = example(net, rule, record.normalization, raw, index)
         metadata = _metadata(snakemake)
-        package, summary = export_package(
-            MembraneProbability(net), record, sample, metadata, Path(work)
-        )
+        package, summary = export_package(network, record, sample, metadata, Path(work))
         for detail in summary.details:
             LOG.info("bioimageio %s: %s", detail.status, detail.name)
         with atomic_path(snakemake.output.package) as tmp:

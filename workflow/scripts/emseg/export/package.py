@@ -4,7 +4,9 @@
 bioimageio.spec's own classes, saves the zip (which bioimageio.spec validates on the way) and runs
 bioimageio.core's model test on it: the test input through both weight formats must reproduce the
 test output, and the inputs of the smallest valid sizes must give outputs of the described sizes.
-Only a package that passes is handed back. Nothing here needs the internet: bioimageio's cache
+Only a package that passes is handed back. The output declares a halo (`halo.py`), and the input
+reflect padding, so that bioimageio.core's and deepImageJ's tiled prediction of a large image
+equals one pass over it. Nothing here needs the internet: bioimageio's cache
 goes to the work folder and the description holds no URL that validation would try to fetch.
 """
 
@@ -150,6 +152,7 @@ def _input(folder: Path, record: RunRecord) -> bio.InputTensorDescr:
     return bio.InputTensorDescr(
         id=bio.TensorId(INPUT_ID),
         description="one EM slice, gray values as acquired",
+        pad=bio.ReflectPadding(mode="reflect"),  # set: a default mode is not written out
         axes=[
             bio.BatchAxis(),
             bio.ChannelAxis(channel_names=[bio.Identifier("gray")]),
@@ -168,15 +171,13 @@ def _input(folder: Path, record: RunRecord) -> bio.InputTensorDescr:
 
 
 def _output(folder: Path, record: RunRecord) -> bio.OutputTensorDescr:
-    """Same size as the input, or 2 * halo smaller per axis for an unpadded U-Net."""
+    """The input's size, with the network's reach as halo: tiles overlap by it and cut it."""
 
-    def axis(name: str) -> bio.SpaceOutputAxis:
-        reference = bio.SizeReference(
-            tensor_id=bio.TensorId(INPUT_ID),
-            axis_id=bio.AxisId(name),
-            offset=-2 * record.rule.halo,
+    def axis(name: str) -> bio.SpaceOutputAxisWithHalo:
+        reference = bio.SizeReference(tensor_id=bio.TensorId(INPUT_ID), axis_id=bio.AxisId(name))
+        return bio.SpaceOutputAxisWithHalo(
+            id=bio.AxisId(name), size=reference, halo=record.rule.halo
         )
-        return bio.SpaceOutputAxis(id=bio.AxisId(name), size=reference)
 
     return bio.OutputTensorDescr(
         id=bio.TensorId(OUTPUT_ID),

@@ -89,13 +89,13 @@ def _intro(record: RunRecord) -> str:
 
 def _tensors(record: RunRecord) -> str:
     rule, norm = record.rule, record.normalization
-    shrink = f"input − {2 * rule.halo} px" if rule.halo else "the input's size"
     text = (
         "## Input and output\n\n"
         "| tensor | axes | size of y and x | values |\n| --- | --- | --- | --- |\n"
         f"| `raw` | batch, channel (1), y, x | {rule.min_input} + n × {rule.step} px "
         "(n = 0, 1, 2, …) | gray values as acquired (8- or 16-bit, or float) |\n"
-        f"| `membrane` | batch, channel (1), y, x | {shrink} | membrane probability, 0 to 1 |\n\n"
+        f"| `membrane` | batch, channel (1), y, x | the input's size, halo {rule.halo} px | "
+        "membrane probability, 0 to 1 |\n\n"
         f"The package's preprocessing (`scale_linear`) maps x to (x − {norm.low:g}) / "
         f"({norm.high:g} − {norm.low:g}), emseg's normalisation: the "
         f"percentiles {norm.lower_percentile:g} and {norm.upper_percentile:g} of the labelled "
@@ -103,17 +103,39 @@ def _tensors(record: RunRecord) -> str:
         "microscope and contrast, not an image normalised elsewhere. The softmax over the two "
         "classes (cell, membrane) is part of the network; the output is its membrane channel."
     )
-    if rule.halo:
+    if rule.margin:
         text += (
-            f"\n\nThe network has unpadded convolutions (Ronneberger et al. 2015): its output is "
-            f"{rule.halo} px smaller than its input on every side. For the map of a whole image, "
-            f"mirror-pad the image by {rule.halo} px on every side, as emseg does, and cut it into "
-            "tiles of a valid size whose outputs meet (the overlap-tile strategy)."
+            "\n\nThe network has unpadded convolutions (Ronneberger et al. 2015), and it "
+            f"mirrors its input by {rule.margin} px on every side itself, as emseg's "
+            "overlap-tile prediction does, so its output has its input's size."
+        )
+    return text + "\n\n" + _tiling(record)
+
+
+def _tiling(record: RunRecord) -> str:
+    """How a consumer tiles a large image, why the tiles agree with one pass, and the border."""
+    rule = record.rule
+    text = (
+        f"The output's halo, {rule.halo} px, is how far the network sees: no output pixel "
+        f"depends on input more than {rule.halo} px outside its group of {rule.step} × "
+        f"{rule.step} px. bioimageio.core (and deepImageJ, which reads the same description) "
+        f"cuts a large image into tiles of {rule.min_input} + n × {rule.step} px that overlap by "
+        "twice the halo, mirrors the image past its border (the input's `pad: reflect`) and cuts "
+        "the halo from each tile's output; the tiles then give the map that one pass over the "
+        "whole image gives"
+    )
+    if record.model.get("norm") == "instance":
+        text += (
+            " up to the instance normalisation, which normalises each tile by its own "
+            "statistics: expect small differences at tile borders."
         )
     else:
+        text += ", up to float rounding."
+    if not rule.margin:
         text += (
-            "\n\nThe output has the input's size. Image sides that are not a valid size must be "
-            "padded or cut into tiles of a valid size; overlapping tiles avoid seams."
+            " At the image border the package reads the image mirrored by the halo, where "
+            "emseg's own prediction reads the zeros of the padded convolutions: within the halo "
+            "of the border the two maps differ."
         )
     return text
 
@@ -141,8 +163,12 @@ def _training(record: RunRecord) -> str:
 def _validation(record: RunRecord, example: Example) -> str:
     s, predict = record.scores, record.predict
     tta = "with" if predict.get("tta") else "without"
-    crop = example.prob.shape[0]
-    padded = f", mirror-padded by {record.rule.halo} px" if record.rule.halo else ""
+    crop = example.prob.shape[0] - 2 * example.mirrored
+    mirrored = (
+        f", mirrored by {example.mirrored} px to the package's smallest input"
+        if example.mirrored
+        else ""
+    )
     return (
         "## Validation\n\n"
         f"Held-out slices {_slices(record.held_out)}, scored by emseg with the ISBI 2012 "
@@ -155,24 +181,27 @@ def _validation(record: RunRecord, example: Example) -> str:
         f"{s['iou']:.4f} |\n\n"
         f"Best threshold t: {_thresholds(s)}. "
         "The package runs the network once on its input, without test-time augmentation. Its test "
-        f"tensors are a {crop} x {crop} px crop of held-out slice {example.slice_index}{padded}, "
+        f"tensors are a {crop} x {crop} px crop of held-out slice {example.slice_index}{mirrored}, "
         "and emseg's own prediction of it (`emseg.tiling.predict_slice`, one tile, no "
         "augmentation); bioimageio.core's model test reproduces that prediction from the package."
     )
 
 
 def _usage(record: RunRecord) -> str:
+    rule = record.rule
     return (
         "## Use\n\n"
         "**Python** (`pip install bioimageio.core torch`):\n\n"
         "```python\n"
         "import numpy as np\n"
         "from bioimageio.core import predict\n\n"
-        f"image = ...  # one slice, (y, x), gray values; sides {record.rule.min_input} + n × "
-        f"{record.rule.step} px\n"
+        f"image = ...  # one slice, (y, x), gray values; sides multiples of {rule.step} px\n"
         "sample = predict(model='<this zip>', inputs=image[np.newaxis, np.newaxis])\n"
         "membrane = sample.members['membrane'].data.values[0, 0]\n"
         "```\n\n"
+        f"bioimageio.core mirrors the image by the halo ({rule.halo} px) and runs it in one pass. "
+        "For an image too large for that, add `blocksize_parameter=n` to `predict`: tiles of "
+        f"{rule.min_input} + n × {rule.step} px give the same map (see *Input and output*).\n\n"
         "**Fiji**: install deepImageJ (update site *DeepImageJ*), install this zip with "
         "*Plugins › DeepImageJ › DeepImageJ Install Model* (from a local file), then run it on an "
         "open 2-D image with *DeepImageJ Run*.\n\n"
