@@ -266,3 +266,21 @@ def test_another_test_stack_retrains_nothing(tmp_path: Path) -> None:
         (tifffile.imread(tests[6]) - norm["low"]) / (norm["high"] - norm["low"]),
         rtol=1e-5,
     )
+
+
+def test_a_slice_name_with_braces_is_named(tmp_path: Path) -> None:
+    """Each slice of a folder is a job input, and Snakemake reads braces in a path as wildcards."""
+    images, labels = synthetic_stack(3, 33, 35, seed=4, cell_size=12.0)
+    folder = tmp_path / "img"
+    folder.mkdir()
+    for i in range(3):
+        Image.fromarray(images[i]).save(folder / f"slice{{{i}}}.png")
+    label_path = tmp_path / "labels.tif"
+    tifffile.imwrite(
+        label_path, np.where(labels == 1, 255, 0).astype(np.uint8), photometric="minisblack"
+    )
+    result = snakemake(tmp_path, "-n", config=_files_config(tmp_path, folder, label_path))
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert "data.train_images: " in output and "slice{0}.png" in output and "braces" in output
+    assert "Traceback" not in output

@@ -19,6 +19,7 @@ from emseg.settings import (  # noqa: E402
     export_run,
     folds,
     labelled_slice_count,
+    refuse_braces,
     run_settings,
     training_data,
 )
@@ -96,7 +97,15 @@ def user_files(key):
     """A user's stack as job inputs: a folder's slices one by one, since editing a slice
     leaves the folder's time stamp as it was, and Snakemake would miss it."""
     path = Path(config["data"][key]).expanduser()
-    return slice_files(path) if path.is_dir() else path
+    if not path.is_dir():
+        return path
+    files = slice_files(path)
+    try:  # each slice's name is now a path Snakemake reads, braces as wildcards
+        for file in files:
+            refuse_braces(f"data.{key}", str(file))
+    except ConfigError as error:
+        raise WorkflowError(str(error)) from None
+    return files
 
 
 def margin(wildcards):
