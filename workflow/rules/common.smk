@@ -7,6 +7,7 @@ sys.path.insert(0, str(Path(workflow.basedir) / "workflow" / "scripts"))
 
 from emseg.apply_settings import apply_volumes, nvidia_gpu_present  # noqa: E402
 from emseg.blocks import BlockGrid, halo_jobs, label_job_members  # noqa: E402
+from emseg.dataset import user_stack  # noqa: E402
 from emseg.errors import ConfigError  # noqa: E402
 from emseg.io import slice_files  # noqa: E402
 from emseg.models.geometry import geometry_for  # noqa: E402
@@ -96,7 +97,7 @@ def test_stack_output():
 def user_files(key):
     """A user's stack as job inputs: a folder's slices one by one, since editing a slice
     leaves the folder's time stamp as it was, and Snakemake would miss it."""
-    path = Path(config["data"][key]).expanduser()
+    path = Path(user_stack(config, key))
     if not path.is_dir():
         return path
     files = slice_files(path)

@@ -143,11 +143,15 @@ def _check_model_scaling(name: str, volume: Volume, models: Sequence[ModelFile])
     The network learnt on slices scaled to about 0-1; a volume whose 1-99 % range lands beyond
     (16-bit data with a model of 8-bit slices, or the reverse) gives a flat, meaningless map.
     """
+    own_scalings: dict[tuple[float, float], Normalization] = {}  # an ensemble shares its sample
     for model in models:
         norm = model.normalization
         if norm is None:
             continue  # named by _member
-        own = fit_volume_normalization(volume, norm.lower_percentile, norm.upper_percentile)
+        percentiles = (norm.lower_percentile, norm.upper_percentile)
+        if percentiles not in own_scalings:
+            own_scalings[percentiles] = fit_volume_normalization(volume, *percentiles)
+        own = own_scalings[percentiles]
         low, high = norm.apply(np.array([own.low, own.high]))
         if low >= 1.0 or high <= 0.0:
             raise InputError(

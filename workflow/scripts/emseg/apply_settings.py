@@ -50,10 +50,11 @@ def apply_volumes(
         entries = _model_entries(settings.get("model"), runs, seeds)
         settings["models"] = _model_files(entries, key, runs, folds, seeds, runs_dir)
         settings["segment_settings"] = _segment_settings(entries, run_settings, config)
-        settings["unit"] = length_unit(settings.get("unit"), _key(key, entry, "unit"))
-        overrides = key if {"block", "chunks"} & set(entry or {}) else "apply"
+        unit_section = _section(key, entry, "unit")
+        settings["unit"] = length_unit(settings.get("unit"), f"{unit_section}.unit")
         try:
-            check_block_shape(tuple(settings["block"]), tuple(settings["chunks"]), overrides)
+            block, chunks = tuple(settings["block"]), tuple(settings["chunks"])
+            check_block_shape(block, chunks, _section(key, entry, "block", "chunks"))
         except ValueError as error:
             raise ConfigError(str(error)) from None
         settings |= _header(settings["input"], f"{key}.input")
@@ -65,9 +66,9 @@ def apply_volumes(
     return planned
 
 
-def _key(volume_key: str, entry: Mapping[str, Any] | None, name: str) -> str:
-    """The config key a volume's setting came from: its own entry's, else the `apply:` one."""
-    return f"{volume_key}.{name}" if name in (entry or {}) else f"apply.{name}"
+def _section(volume_key: str, entry: Mapping[str, Any] | None, *names: str) -> str:
+    """Where a volume's settings `names` came from: its own entry, else the `apply:` section."""
+    return volume_key if set(names) & set(entry or {}) else "apply"
 
 
 def length_unit(given: Any, key: str) -> str:

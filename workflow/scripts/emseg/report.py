@@ -67,14 +67,11 @@ HEADLINE_SCORES = (
     "threshold",
     "vinfo_threshold",
 )
-CARD_NAMES = {
+CARD_NAMES = {  # where the map's and the cells' scores stand side by side; else COLUMN_NAMES
     "vrand": "V_rand, map",
     "vinfo": "V_info, map",
     "seg_vrand": "V_rand, cells",
     "seg_vinfo": "V_info, cells",
-    "pixel_error": "pixel error",
-    "threshold": "V_rand threshold",
-    "vinfo_threshold": "V_info threshold",
 }
 COLUMN_NAMES = {
     "slice": "slice",
