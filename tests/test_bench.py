@@ -19,6 +19,7 @@ from emseg.metrics import rand_info_scores
 from emseg.models import build_model
 from emseg.precision import native_bf16_feature
 from emseg.preprocess import Normalization
+from emseg.segment_settings import SegmentSettings
 from emseg.tiling import TileOptions
 
 CPU = torch.device("cpu")
@@ -38,6 +39,7 @@ from bench.precision_speed import (  # noqa: E402
     _measure_by_precision,
 )
 from bench.predict_scale_quality import predict_at_scale  # noqa: E402
+from bench.segmentation_zcontext import merge_by_neighbours, segment_with_neighbours  # noqa: E402
 from bench.torch_em_peer import import_predict_with_halo, run_predict_with_halo  # noqa: E402
 from bench.train_speed import conv_flops  # noqa: E402
 
@@ -223,3 +225,41 @@ def test_predict_at_scale_maps_back_to_the_slice_and_is_the_plain_prediction_at_
     assert magnified.shape == plain.shape == image.shape
     assert np.all((magnified >= 0) & (magnified <= 1))
     assert not np.array_equal(magnified, plain)
+
+
+def _split_square(wall: float) -> tuple[np.ndarray, np.ndarray]:
+    """Cells 1 | 2 of a 12 x 12 slice, and a map with a 4 px wall of `wall` between them."""
+    cells = np.ones((12, 12), np.int64)
+    cells[:, 6:] = 2
+    prob = np.full((12, 12), 0.05)
+    prob[:, 4:8] = wall
+    return cells, prob
+
+
+def test_neighbour_slices_merge_a_faint_wall_but_never_a_sure_membrane() -> None:
+    faint_cells, faint = _split_square(0.85)
+    one_cell = np.ones_like(faint_cells)
+    merged, merges = merge_by_neighbours(faint_cells, faint, [one_cell], 0.5, edge_max=0.9)
+    assert merges == 1 and len(np.unique(merged)) == 1
+    kept, merges = merge_by_neighbours(faint_cells, faint, [one_cell], 0.5, edge_max=0.8)
+    assert merges == 0 and np.array_equal(kept == kept[0, 0], faint_cells == 1)
+    # a neighbour that keeps the two apart, or covers one of them too little, merges nothing
+    _, merges = merge_by_neighbours(faint_cells, faint, [faint_cells], 0.5, edge_max=0.9)
+    assert merges == 0
+    partial = np.where(faint_cells == 2, np.arange(12)[None, :] % 2 + 1, 1)
+    _, merges = merge_by_neighbours(faint_cells, faint, [partial], 0.6, edge_max=0.9)
+    assert merges == 0
+
+
+def test_neighbour_slices_join_the_middle_slice_cut_by_a_wall_they_lack() -> None:
+    background = np.full((48, 48), 0.02)
+    background[[0, -1], :] = background[:, [0, -1]] = 0.99
+    middle = background.copy()
+    middle[:, 22:26] = 0.85  # a faint wall that only the middle slice draws
+    prob = np.stack([background, middle, background])
+    settings = SegmentSettings(sigma=2.0, seed_threshold=0.4, min_size=10)
+    plain, _ = segment_with_neighbours(prob, settings, None, 1.0)
+    assert [len(np.unique(s[s > 0])) for s in plain] == [1, 2, 1]
+    joined, merges = segment_with_neighbours(prob, settings, 0.5, 0.9)
+    assert merges == 1 and [len(np.unique(s[s > 0])) for s in joined] == [1, 1, 1]
+    assert len(np.unique(joined[joined > 0])) == 3  # ids unique over the stack
