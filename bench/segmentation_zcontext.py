@@ -25,7 +25,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import yaml
-from scipy import ndimage
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
@@ -39,18 +38,22 @@ from emseg.metrics import label_scores  # noqa: E402
 from emseg.segment_settings import SegmentSettings  # noqa: E402
 from emseg.segmentation import (  # noqa: E402
     _cut_lines,
-    _flood,
-    _interior_seeds,
     _region_graph,
     _relabel,
+    interior_cells,
+    smoothed,
 )
 
+Flood = tuple[np.ndarray, np.ndarray]  # one slice's smoothed map and its uncut watershed cells
 
-def watershed_cells(prob: np.ndarray, settings: SegmentSettings) -> tuple[np.ndarray, np.ndarray]:
-    """The smoothed map and the watershed's cells of one slice, before the lines are cut."""
-    height = ndimage.gaussian_filter(prob, settings.sigma) if settings.sigma > 0 else prob
-    seeds = _interior_seeds(height, settings.seed_threshold)
-    return height, _flood(height, seeds, settings.min_size)
+
+def watershed_floods(prob: np.ndarray, settings: SegmentSettings) -> list[Flood]:
+    """Each slice's smoothed map and watershed cells, computed once for every merge setting."""
+    floods = []
+    for p in prob:
+        height = smoothed(p, settings.sigma)
+        floods.append((height, interior_cells(height, settings)))
+    return floods
 
 
 def main_overlap(cells: np.ndarray, other: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -86,10 +89,9 @@ def merge_by_neighbours(
 
 
 def segment_with_neighbours(
-    prob: np.ndarray, settings: SegmentSettings, overlap: float | None, edge_max: float
+    prob: np.ndarray, floods: list[Flood], overlap: float | None, edge_max: float
 ) -> tuple[np.ndarray, int]:
     """(Z, H, W) label image, ids unique over the stack; overlap None: the plain watershed."""
-    floods = [watershed_cells(p, settings) for p in prob]
     out = np.zeros(prob.shape, np.uint32)
     offset = merges = 0
     for z, (height, cells) in enumerate(floods):
@@ -125,8 +127,9 @@ def main() -> None:
         for run, fold in find_runs(results, None):
             held_out = folds[fold]["validation"]
             prob = read_stack(run / "predict" / "val_membrane_prob.tif").astype(np.float64)
+            floods = watershed_floods(prob, settings)
             for overlap, edge_max in grid:
-                labels, merges = segment_with_neighbours(prob, settings, overlap, edge_max)
+                labels, merges = segment_with_neighbours(prob, floods, overlap, edge_max)
                 scores = label_scores(labels, labels_all[held_out])
                 rows.append(
                     {

@@ -39,7 +39,11 @@ from bench.precision_speed import (  # noqa: E402
     _measure_by_precision,
 )
 from bench.predict_scale_quality import predict_at_scale  # noqa: E402
-from bench.segmentation_zcontext import merge_by_neighbours, segment_with_neighbours  # noqa: E402
+from bench.segmentation_zcontext import (  # noqa: E402
+    merge_by_neighbours,
+    segment_with_neighbours,
+    watershed_floods,
+)
 from bench.torch_em_peer import import_predict_with_halo, run_predict_with_halo  # noqa: E402
 from bench.train_speed import conv_flops  # noqa: E402
 
@@ -258,8 +262,9 @@ def test_neighbour_slices_join_the_middle_slice_cut_by_a_wall_they_lack() -> Non
     middle[:, 22:26] = 0.85  # a faint wall that only the middle slice draws
     prob = np.stack([background, middle, background])
     settings = SegmentSettings(sigma=2.0, seed_threshold=0.4, min_size=10)
-    plain, _ = segment_with_neighbours(prob, settings, None, 1.0)
+    floods = watershed_floods(prob, settings)
+    plain, _ = segment_with_neighbours(prob, floods, None, 1.0)
     assert [len(np.unique(s[s > 0])) for s in plain] == [1, 2, 1]
-    joined, merges = segment_with_neighbours(prob, settings, 0.5, 0.9)
+    joined, merges = segment_with_neighbours(prob, floods, 0.5, 0.9)
     assert merges == 1 and [len(np.unique(s[s > 0])) for s in joined] == [1, 1, 1]
     assert len(np.unique(joined[joined > 0])) == 3  # ids unique over the stack

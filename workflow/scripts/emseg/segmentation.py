@@ -47,9 +47,9 @@ def segment_slice(prob: np.ndarray, settings: SegmentSettings) -> np.ndarray:
         raise ValueError("prob: must be a non-empty map of probabilities in [0, 1]")
     if settings.method == "threshold":
         return _relabel(thinned_proposal((1.0 - p) > settings.threshold))
-    height = ndimage.gaussian_filter(p, settings.sigma) if settings.sigma > 0 else p
+    height = smoothed(p, settings.sigma)
     if settings.method == "watershed":
-        cells = _flood(height, _interior_seeds(height, settings.seed_threshold), settings.min_size)
+        cells = interior_cells(height, settings)
     else:
         fragments = _flood(height, _distance_seeds(height, settings), settings.min_size)
         cells = _multicut(fragments, p, settings.beta)  # evidence from the unsmoothed map
@@ -93,6 +93,16 @@ def write_segmentation(path: str | os.PathLike[str], labels: np.ndarray) -> None
         )
     with atomic_path(path) as tmp:
         tifffile.imwrite(tmp, labels, photometric="minisblack", compression="zlib")
+
+
+def smoothed(prob: np.ndarray, sigma: float) -> np.ndarray:
+    """The map the watershed floods: the probability smoothed by a Gaussian of sigma px."""
+    return ndimage.gaussian_filter(prob, sigma) if sigma > 0 else prob
+
+
+def interior_cells(height: np.ndarray, settings: SegmentSettings) -> np.ndarray:
+    """The `watershed` method's cells, before the lines between them are cut."""
+    return _flood(height, _interior_seeds(height, settings.seed_threshold), settings.min_size)
 
 
 def _interior_seeds(height: np.ndarray, threshold: float) -> np.ndarray:
